@@ -1,0 +1,19 @@
+"""birdcnn: is there a bird in this photo? A convolutional network to train, evaluate and use.
+
+    >>> import birdcnn
+    >>> clf = birdcnn.load_model()            # the model shipped in the package
+    >>> birdcnn.classify(["photo.jpg"], clf)  # [{"path": ..., "label": "bird", "bird_probability": ...}]
+"""
+__version__ = "0.1.0"
+__all__ = ["Classifier", "classify", "load_model", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import birdcnn` (and `birdcnn --help`) must not pay for importing torch.
+    if name in ("Classifier", "load_model"):
+        from . import modelfile
+        return getattr(modelfile, name)
+    if name == "classify":
+        from .predict import classify
+        return classify
+    raise AttributeError(name)

@@ -1,0 +1,54 @@
+"""The `birdcnn` command line: one sub-command per module, imported only when used.
+
+User errors (bad files, bad arguments) print one line and exit 2, never a traceback;
+commands that process many inputs exit 1 when some of them failed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import BirdcnnError
+
+# name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("birdcnn.train_cli", "train a network on CIFAR-10 or a folder of class folders"),
+    "predict": ("birdcnn.predict", "classify photos: is there a bird?"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with `only`, just that command's arguments are loaded (keeps start-up fast)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="birdcnn", description="Is there a bird in this photo? Train, evaluate and use a CNN.")
+    parser.add_argument("--version", action="version", version=f"birdcnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        if only in (None, name):
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
+    args = parser.parse_args(argv)
+    args._argv = list(argv)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except BirdcnnError as e:
+        print(f"birdcnn {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"birdcnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `birdcnn predict ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""Labelled image data as in-memory uint8 arrays: CIFAR-10 (official archive) or class folders.
+
+Sources (`--data`):
+  * ``cifar10``: the official python archive, downloaded once into the cache and md5-verified.
+  * a path to the official archive (``cifar-10-python.tar.gz``) or its extracted folder.
+  * a folder of class-named sub-folders (``DIR/<class>/*.jpg``), with ``DIR/train`` and
+    ``DIR/test`` splits when present (torchvision's ImageFolder layout), or a .tar/.tar.gz of one.
+
+Decoded folders are cached as uint8 .npz files (keyed by the folder's listing), so a second
+run does not decode 60,000 JPEGs again.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import sys
+import tarfile
+import urllib.request
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, ImageError
+from .images import is_image_path, load_for_model
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+_CACHE_VERSION = 1
+
+
+@dataclass
+class Dataset:
+    """Images (N, H, W, 3 uint8) with integer labels into `classes`."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    fingerprint: str = ""
+    paths: list[str] | None = None
+    skipped: list[str] = field(default_factory=list)  # "path: problem" for unreadable files
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray) -> "Dataset":
+        paths = [self.paths[i] for i in idx] if self.paths is not None else None
+        return Dataset(self.images[idx], self.labels[idx], self.classes, self.fingerprint, paths)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("BIRDCNN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "birdcnn")
+    return Path(root)
+
+
+# ---------------------------------------------------------------- CIFAR-10 official archive
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and numpy arrays (what CIFAR batches hold), never code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _safe_unpickle(data: bytes, name: str) -> dict:
+    try:
+        obj = _ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001 - any failure means a bad file
+        raise DataError(f"{name}: not a valid CIFAR-10 batch ({e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{name}: not a valid CIFAR-10 batch")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _read_cifar_members(read: "callable", names: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for n in names:
+        batch = _safe_unpickle(read(n), f"{where}:{n}")
+        data = np.asarray(batch.get("data"), dtype=np.uint8)
+        lab = np.asarray(batch.get("labels"), dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3072 or len(lab) != len(data):
+            raise DataError(f"{where}:{n}: unexpected CIFAR-10 batch shape {data.shape}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(lab)
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def _cifar_batch_names(split: str) -> list[str]:
+    return [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+
+
+def _load_cifar_archive(path: Path, split: str) -> Dataset:
+    try:
+        with tarfile.open(path) as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+
+            def read(n: str) -> bytes:
+                if n not in members:
+                    raise DataError(f"{path}: CIFAR-10 archive lacks {n}")
+                return tar.extractfile(members[n]).read()
+
+            classes = CIFAR10_CLASSES
+            if "batches.meta" in members:
+                classes = [c.decode() if isinstance(c, bytes) else str(c)
+                           for c in _safe_unpickle(read("batches.meta"), f"{path}:batches.meta")["label_names"]]
+            images, labels = _read_cifar_members(read, _cifar_batch_names(split), str(path))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{path}: corrupt or truncated archive ({e})") from None
+    return Dataset(images, labels, classes, fingerprint=f"cifar10-python:{_file_sha256(path)[:16]}:{split}")
+
+
+def _load_cifar_folder(folder: Path, split: str) -> Dataset:
+    def read(n: str) -> bytes:
+        p = folder / n
+        if not p.is_file():
+            raise DataError(f"{folder}: CIFAR-10 folder lacks {n}")
+        return p.read_bytes()
+
+    classes = CIFAR10_CLASSES
+    if (folder / "batches.meta").is_file():
+        classes = [c.decode() for c in _safe_unpickle(read("batches.meta"), f"{folder}/batches.meta")["label_names"]]
+    images, labels = _read_cifar_members(read, _cifar_batch_names(split), str(folder))
+    digest = hashlib.sha256(b"".join(read(n)[:4096] for n in _cifar_batch_names(split))).hexdigest()
+    return Dataset(images, labels, classes, fingerprint=f"cifar10-python:{digest[:16]}:{split}")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str) -> Path:
+    """Download `url` to `dest` via a .part file; a wrong checksum is removed, never used."""
+    if dest.exists():
+        if _file_md5(dest) == md5:
+            return dest
+        dest.unlink()  # a corrupt or partial earlier download
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        print(f"downloading {url} -> {dest}", file=sys.stderr)
+        with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        raise DataError(f"cannot download {url} ({getattr(e, 'reason', e)}); offline? "
+                        f"pass --data PATH to a local copy of the archive or a class-folder dataset") from None
+    got = _file_md5(part)
+    if got != md5:
+        part.unlink()
+        raise DataError(f"{url}: checksum mismatch (md5 {got}, expected {md5}); the download was removed")
+    part.replace(dest)
+    return dest
+
+
+# ---------------------------------------------------------------- class folders
+
+def _list_class_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files: list[tuple[Path, int]] = []
+    for i, c in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(root / c):
+            dirnames.sort()
+            for f in sorted(filenames):
+                p = Path(dirpath) / f
+                if is_image_path(p):
+                    files.append((p, i))
+    return classes, files
+
+
+def _decode_one(args: tuple[str, int]) -> np.ndarray | str:
+    path, size = args
+    try:
+        return load_for_model(path, size)
+    except ImageError as e:
+        return str(e)
+
+
+def decode_files(paths: list[Path], size: int, workers: int | None = None, desc: str = "decoding") -> tuple[np.ndarray, list[int], list[str]]:
+    """Decode image files in parallel to (N, size, size, 3) uint8; returns (images, ok_indices, problems)."""
+    from tqdm import tqdm
+
+    workers = workers or min(4, os.cpu_count() or 1)
+    jobs = [(str(p), size) for p in paths]
+    out = np.empty((len(paths), size, size, 3), np.uint8)
+    ok, problems = [], []
+    show = len(paths) > 2000
+    with ProcessPoolExecutor(workers) if len(paths) > 500 and workers > 1 else _Serial() as ex:
+        results = ex.map(_decode_one, jobs, chunksize=256)
+        for i, r in enumerate(tqdm(results, total=len(jobs), desc=desc, disable=not show, unit="img")):
+            if isinstance(r, str):
+                problems.append(r)
+            else:
+                out[len(ok)] = r
+                ok.append(i)
+    return out[: len(ok)], ok, problems
+
+
+class _Serial:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def map(fn, it, chunksize=1):
+        return map(fn, it)
+
+
+def _load_class_folder(root: Path, size: int, classes: list[str] | None = None) -> Dataset:
+    found, files = _list_class_folder(root)
+    if not files:
+        raise DataError(f"{root}: no images found (expected class sub-folders such as {root}/bird/*.jpg)")
+    listing = "\n".join(f"{p.relative_to(root)}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}\t{y}" for p, y in files)
+    key = hashlib.sha256(f"v{_CACHE_VERSION}\n{root.resolve()}\n{size}\n{listing}".encode()).hexdigest()[:24]
+    fingerprint = f"folder:{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
+    cached = cache_dir() / "arrays" / f"{key}.npz"
+    if cached.exists():
+        try:
+            with np.load(cached, allow_pickle=False) as z:
+                return Dataset(z["images"], z["labels"], [str(c) for c in z["classes"]], fingerprint,
+                               [str(p) for p in z["paths"]], [str(s) for s in z["skipped"]])
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
+            cached.unlink(missing_ok=True)
+    images, ok, problems = decode_files([p for p, _ in files], size, desc=f"decoding {root.name}")
+    if not ok:
+        raise DataError(f"{root}: none of the {len(files)} image files could be read (first: {problems[0]})")
+    labels = np.array([files[i][1] for i in ok], dtype=np.int64)
+    paths = [str(files[i][0]) for i in ok]
+    ds = Dataset(images, labels, found, fingerprint, paths, problems)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(cached.stem + f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, images=images, labels=labels, classes=np.array(found), paths=np.array(paths),
+             skipped=np.array(problems, dtype=str))
+    tmp.replace(cached)
+    return ds
+
+
+def _extract_archive(path: Path) -> Path:
+    """Extract a tar of class folders once into the cache (keyed by content hash)."""
+    digest = _file_sha256(path)[:24]
+    dest = cache_dir() / "extracted" / digest
+    if (dest / ".complete").exists():
+        return dest
+    tmp = dest.with_name(digest + f".{os.getpid()}.tmp")
+    try:
+        with tarfile.open(path) as tar:
+            tar.extractall(tmp, filter="data")  # 'data' filter: no absolute paths, links out, devices
+    except (tarfile.TarError, OSError, EOFError) as e:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{path}: corrupt or truncated archive ({e})") from None
+    (tmp / ".complete").touch()
+    if dest.exists():
+        import shutil
+        shutil.rmtree(dest)
+    tmp.replace(dest)
+    return dest
+
+
+def _folder_root(folder: Path) -> Path:
+    """An extracted archive often wraps everything in one top folder: step into it."""
+    entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return folder
+
+
+def _is_cifar_folder(folder: Path) -> Path | None:
+    for cand in (folder, folder / "cifar-10-batches-py"):
+        if (cand / "data_batch_1").is_file() or (cand / "test_batch").is_file():
+            return cand
+    return None
+
+
+def load_split(source: str | Path, split: str = "train", size: int = 32) -> Dataset:
+    """Load `split` ("train" or "test") of a data source as a `Dataset` of size x size images.
+
+    A class folder without train/ and test/ sub-folders is used whole for either split.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(split)
+    if str(source) == "cifar10":
+        path = download(CIFAR10_URL, cache_dir() / "cifar-10-python.tar.gz", CIFAR10_MD5)
+        return _check_size(_load_cifar_archive(path, split), size, source)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder (use 'cifar10' to download CIFAR-10)")
+    if path.is_file():
+        if not tarfile.is_tarfile(path):
+            raise DataError(f"{path}: not a folder or a .tar/.tar.gz archive")
+        with tarfile.open(path) as tar:
+            try:
+                is_cifar = any(Path(n).name == "data_batch_1" or Path(n).name == "test_batch" for n in tar.getnames())
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise DataError(f"{path}: corrupt or truncated archive ({e})") from None
+        if is_cifar:
+            return _check_size(_load_cifar_archive(path, split), size, source)
+        path = _folder_root(_extract_archive(path))
+    if not path.is_dir():
+        raise DataError(f"{path}: not a folder")
+    if (cifar := _is_cifar_folder(path)) is not None:
+        return _check_size(_load_cifar_folder(cifar, split), size, source)
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return _load_class_folder(path / split, size)
+    return _load_class_folder(path, size)
+
+
+def _check_size(ds: Dataset, size: int, source) -> Dataset:
+    if ds.images.shape[1] != size:
+        import torch
+        import torch.nn.functional as F
+        x = torch.from_numpy(ds.images).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        ds.images = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return ds
+
+
+# ---------------------------------------------------------------- turning labels into "bird or not"
+
+def to_binary(ds: Dataset, positive: str) -> Dataset:
+    """Relabel as [not_<positive>, <positive>]."""
+    if positive not in ds.classes:
+        raise DataError(f"positive class {positive!r} is not among the data's classes: {', '.join(ds.classes)}")
+    pos = ds.classes.index(positive)
+    labels = (ds.labels == pos).astype(np.int64)
+    return Dataset(ds.images, labels, [f"not_{positive}", positive], ds.fingerprint + f":binary-{positive}", ds.paths, ds.skipped)
+
+
+def add_extra_positive(ds: Dataset, folder: str | Path, positive: str) -> Dataset:
+    """Merge every image under `folder` (recursively) in as the positive class."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder (--extra-positive)")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p))
+    if not files:
+        raise DataError(f"{folder}: no images found (--extra-positive)")
+    size = ds.images.shape[1]
+    images, ok, problems = decode_files(files, size, desc=f"decoding {folder.name}")
+    pos = ds.classes.index(positive)
+    paths = (ds.paths or [""] * len(ds)) + [str(files[i]) for i in ok]
+    digest = hashlib.sha256("\n".join(str(files[i]) for i in ok).encode()).hexdigest()[:12]
+    return Dataset(np.concatenate([ds.images, images]), np.concatenate([ds.labels, np.full(len(ok), pos, np.int64)]),
+                   ds.classes, ds.fingerprint + f"+extra:{digest}", paths, ds.skipped + problems)
+
+
+def balanced_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-sample weights that make every class equally likely to be drawn."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return 1.0 / np.maximum(counts, 1)[labels]
+
+
+def split_validation(n: int, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random (train, val) index split; the validation part chooses threshold and temperature."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def describe(ds: Dataset) -> str:
+    counts = np.bincount(ds.labels, minlength=len(ds.classes))
+    return json.dumps({c: int(k) for c, k in zip(ds.classes, counts)})

@@ -1,0 +1,113 @@
+"""Reading real-world photos safely: any common format, any size, any colour mode.
+
+Every image the package touches (training folders, predict, search, locate, explain) goes
+through `open_image`, so that EXIF orientation, odd colour modes, truncated files and
+decompression bombs are handled the same way everywhere.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# Refuse images above this many pixels: a 24 MP photo is fine, a 50,000 x 50,000 "bomb" is not.
+MAX_PIXELS = 120_000_000
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited onto white."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float images: scale the actual range to 0..255 rather than clipping.
+        a = np.asarray(im, dtype=np.float32)
+        hi = 65535.0 if a.max() > 255 else 255.0
+        a = np.clip(a * (255.0 / hi), 0, 255).astype(np.uint8)
+        return Image.fromarray(a).convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
+    """Open a photo as an upright 8-bit RGB image, or raise `ImageError` naming the problem.
+
+    `min_size`: when set, JPEGs are decoded at the smallest 1/2, 1/4 or 1/8 scale that keeps
+    both sides >= min_size (Pillow's draft mode: nearly free, and much faster than full decode).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(path, "no such file")
+    if path.is_dir():
+        raise ImageError(path, "is a folder, not an image")
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(path, "empty file")
+    except OSError as e:
+        raise ImageError(path, f"cannot read ({e.strerror or e})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ImageError(path, f"too large ({im.width}x{im.height} pixels; "
+                                           f"limit {MAX_PIXELS // 1_000_000} MP): possible decompression bomb")
+                if getattr(im, "n_frames", 1) > 1:
+                    im.seek(0)  # animated GIF/WebP/TIFF: the first frame
+                if min_size and im.format == "JPEG":
+                    # Draft picks the largest reduction keeping the size >= requested; orientation
+                    # may swap the sides, so ask for a square of min_size.
+                    im.draft("RGB", (min_size, min_size))
+                im.load()
+                im = ImageOps.exif_transpose(im) or im
+                return _to_rgb(im)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(path, "too large: possible decompression bomb") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg.lower():
+            msg = "truncated or corrupt image data"
+        raise ImageError(path, f"corrupt image ({msg})") from None
+
+
+def fit_square(im: Image.Image, size: int) -> Image.Image:
+    """The model's view of a photo: the central square crop, resized to size x size.
+
+    CIFAR-10 images are whole, roughly centred scenes; cropping the central square keeps
+    proportions (squashing a 3:2 photo would distort the bird). Training on folders of
+    non-32 px images uses this same function, so predict sees what training saw.
+    """
+    w, h = im.size
+    s = min(w, h)
+    if (w, h) != (s, s):
+        left, top = (w - s) // 2, (h - s) // 2
+        im = im.crop((left, top, left + s, top + s))
+    if s != size:
+        # reducing_gap: a fast box pre-reduction then antialiased bicubic; same quality.
+        im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return im
+
+
+def load_for_model(path: str | Path, size: int) -> np.ndarray:
+    """Decode `path` into the model's input: a size x size x 3 uint8 array."""
+    im = open_image(path, min_size=size)
+    return np.asarray(fit_square(im, size), dtype=np.uint8)

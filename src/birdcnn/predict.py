@@ -1,0 +1,92 @@
+"""`birdcnn predict`: classify photos of any size and format."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BirdcnnError, ImageError
+from .images import is_image_path, load_for_model
+from .modelfile import Classifier, load_model
+
+
+def sample_images() -> list[Path]:
+    """The small sample images shipped inside the package (CIFAR-10 test images)."""
+    folder = Path(str(resources.files("birdcnn") / "assets" / "samples"))
+    return sorted(folder.glob("*.png"))
+
+
+def classify(paths: list[str | Path], model: Classifier | None = None, batch_size: int = 256) -> list[dict]:
+    """Classify image files. Returns one record per path, in order: the prediction, or
+    `{"path", "error"}` for a file that could not be read."""
+    model = model or load_model()
+    records: list[dict] = []
+    good: list[tuple[int, np.ndarray]] = []
+    for p in paths:
+        try:
+            good.append((len(records), load_for_model(p, model.input_size)))
+            records.append({"path": str(p)})
+        except ImageError as e:
+            records.append({"path": str(p), "error": e.problem})
+        if len(good) >= batch_size:
+            _fill(model, good, records)
+            good = []
+    _fill(model, good, records)
+    return records
+
+
+def _fill(model: Classifier, good: list[tuple[int, np.ndarray]], records: list[dict]) -> None:
+    if good:
+        probs = model.probabilities(np.stack([a for _, a in good]))
+        for (i, _), p in zip(good, probs):
+            records[i].update(model.describe(p))
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files as given; a folder contributes the images directly inside it (sorted)."""
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            inside = sorted(q for q in p.iterdir() if q.is_file() and is_image_path(q))
+            if not inside:
+                raise BirdcnnError(f"{p}: folder holds no images (use 'birdcnn search' for nested folders)")
+            paths.extend(inside)
+        else:
+            paths.append(p)
+    return paths
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="photos (JPEG, PNG, WebP, GIF, BMP, TIFF) or folders of them")
+    p.add_argument("--samples", action="store_true", help="classify the sample images shipped with birdcnn")
+    p.add_argument("--model", help="model file (.json/.safetensors or a run folder; default: the shipped model)")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    items = list(args.images) + ([str(s) for s in sample_images()] if args.samples else [])
+    if not items:
+        raise BirdcnnError("no images given (pass IMAGE paths, or --samples)")
+    model = load_model(args.model)
+    records = classify(expand_inputs(items), model)
+    failed = [r for r in records if "error" in r]
+    if args.json:
+        json.dump(records, sys.stdout, indent=2)
+        print()
+    else:
+        for r in records:
+            if "error" in r:
+                continue
+            line = f"{r['path']}: {r['label']} ({100 * r['bird_probability']:.1f}%{'' if r['is_bird'] else ' ' + model.positive})"
+            if "top_classes" in r and not r["is_bird"]:
+                t = r["top_classes"][0]
+                line += f"  most like {t['class']} ({100 * t['probability']:.1f}%)"
+            print(line)
+    for r in failed:
+        print(f"birdcnn predict: error: {r['path']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,418 @@
+"""`birdcnn train`: a seeded, resumable training run that writes a results folder.
+
+The run folder holds the model (model.safetensors + model.json), metrics.json, history.json,
+training_curves.png and checkpoint.pt (written atomically every epoch and on Ctrl-C, so
+`--resume` continues a killed run).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import data as D
+from .augment import Augment
+from .errors import BirdcnnError, DataError
+from .metrics import binary_report, expected_calibration_error, fit_temperature, threshold_for_precision
+from .modelfile import Classifier, pick_device, save_model
+from .models import FastNet, build
+
+# Each architecture's recipe; any CLI flag overrides its entry.
+RECIPES: dict[str, dict] = {
+    # airbench94's recipe (Jordan 2024): SGD-Nesterov with a short warm-up then linear decay,
+    # label smoothing 0.2, a 64x higher learning rate for BatchNorm biases, flip + 2 px
+    # translate, test-time flip averaging.
+    "fast": dict(classes="all", optimizer="sgd", epochs=10.0, batch_size=1024, lr=11.5, momentum=0.85,
+                 weight_decay=0.0153, bias_scaler=64.0, label_smoothing=0.2, tta="flip",
+                 augment=dict(flip=True, shift=2, rotate=0.0, blur=0.0)),
+    # The original article: Adam 1e-3, batch 96, flips, +-25 degree rotations, blur; bird vs not-bird.
+    "article": dict(classes="binary", optimizer="adam", epochs=15.0, batch_size=96, lr=1e-3, momentum=0.0,
+                    weight_decay=0.0, bias_scaler=1.0, label_smoothing=0.0, tta="none",
+                    augment=dict(flip=True, shift=0, rotate=25.0, blur=3.0)),
+}
+RECIPES["tiny"] = dict(RECIPES["fast"], batch_size=256)
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    arch: str = "fast"
+    classes: str | None = None          # "all" (every class) or "binary" (positive vs rest)
+    positive: str = "bird"
+    extra_positive: str | None = None
+    balance: bool = False               # sample classes equally often (sampling weights)
+    epochs: float | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    label_smoothing: float | None = None
+    augment: dict | None = None         # overrides of the recipe's Augment fields
+    val_size: int | None = None         # images held out of training for threshold + temperature
+    target_precision: float = 0.97
+    seed: int = 0
+    out: str | None = None
+    device: str | None = None
+    bf16: bool = True
+    recipe: dict = field(default_factory=dict)
+
+    def resolved(self) -> "TrainConfig":
+        if self.arch not in RECIPES:
+            raise BirdcnnError(f"unknown --arch {self.arch!r}; known: {', '.join(RECIPES)}")
+        r = dict(RECIPES[self.arch])
+        aug = {**r.pop("augment"), **(self.augment or {})}
+        for key in ("classes", "epochs", "batch_size", "lr", "label_smoothing"):
+            if getattr(self, key) is None:
+                setattr(self, key, r[key])
+        self.augment = aug
+        self.recipe = r
+        if self.classes not in ("all", "binary"):
+            raise BirdcnnError(f"--classes must be 'all' or 'binary', not {self.classes!r}")
+        if self.epochs <= 0 or self.batch_size <= 0:
+            raise BirdcnnError("--epochs and --batch-size must be positive")
+        return self
+
+
+# ---------------------------------------------------------------- data preparation
+
+def prepare_data(cfg: TrainConfig) -> tuple[D.Dataset, D.Dataset, D.Dataset | None]:
+    """(train, validation, test-or-None) with the positive class applied."""
+    full = D.load_split(cfg.data, "train")
+    test = None
+    try:
+        src = Path(cfg.data)
+        has_test = str(cfg.data) == "cifar10" or src.is_file() or (src / "test").is_dir() or D._is_cifar_folder(src) is not None
+        if has_test:
+            test = D.load_split(cfg.data, "test")
+            if test.fingerprint == full.fingerprint:
+                test = None  # no separate split
+    except DataError:
+        test = None
+    if cfg.positive not in full.classes:
+        raise DataError(f"positive class {cfg.positive!r} is not among the data's classes: {', '.join(full.classes)}")
+    if full.skipped:
+        print(f"warning: skipped {len(full.skipped)} unreadable files (first: {full.skipped[0]})", file=sys.stderr)
+    n_val = cfg.val_size if cfg.val_size is not None else (5000 if len(full) >= 20000 else max(1, len(full) // 10))
+    if not 0 < n_val < len(full):
+        raise DataError(f"{cfg.data}: {len(full)} images are too few to hold out {n_val} for validation")
+    tr_idx, val_idx = D.split_validation(len(full), n_val, cfg.seed)
+    train, val = full.subset(tr_idx), full.subset(val_idx)
+    if cfg.extra_positive:
+        train = D.add_extra_positive(train, cfg.extra_positive, cfg.positive)
+    if cfg.classes == "binary":
+        train, val = D.to_binary(train, cfg.positive), D.to_binary(val, cfg.positive)
+        test = D.to_binary(test, cfg.positive) if test is not None else None
+    return train, val, test
+
+
+# ---------------------------------------------------------------- optimisation
+
+def make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    r = cfg.recipe
+    if r["optimizer"] == "adam":
+        return torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
+    # airbench's parametrisation: lr and weight decay are "per 1024 examples" with a summed loss.
+    momentum = r["momentum"]
+    kilostep = 1024 * (1 + 1 / (1 - momentum))
+    lr, wd = cfg.lr / kilostep, r["weight_decay"] * cfg.batch_size / kilostep
+    norm_biases = [p for n, p in net.named_parameters() if "norm" in n and p.requires_grad]
+    others = [p for n, p in net.named_parameters() if "norm" not in n and (p.requires_grad or n == "0.bias")]
+    groups = [dict(params=norm_biases, lr=lr * r["bias_scaler"], weight_decay=wd / r["bias_scaler"]),
+              dict(params=others, lr=lr, weight_decay=wd)]
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    return torch.optim.SGD(groups, momentum=momentum, nesterov=True)
+
+
+def lr_factor(step: int, total: int, optimizer: str) -> float:
+    """Warm up from 0.2x over the first 23% of steps, then decay linearly to 0.07x (airbench)."""
+    if optimizer == "adam":
+        return 1.0
+    warm = max(1, int(total * 0.23))
+    if step < warm:
+        return 0.2 + 0.8 * step / warm
+    return 1.0 + (0.07 - 1.0) * (step - warm) / max(1, total - warm)
+
+
+# ---------------------------------------------------------------- the run
+
+class _StopFlag:
+    """First Ctrl-C: finish the current step, checkpoint, stop. Second: stop at once."""
+
+    def __init__(self):
+        self.set = False
+
+    def __enter__(self):
+        self._old = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self.set:
+                signal.signal(signal.SIGINT, self._old)
+                raise KeyboardInterrupt
+            self.set = True
+            print("\nstopping after this step (Ctrl-C again to abort without saving)...", file=sys.stderr)
+        try:
+            signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not in the main thread
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            signal.signal(signal.SIGINT, self._old)
+        except ValueError:
+            pass
+        return False
+
+
+def _save_checkpoint(path: Path, net, opt, step: int, history: list, cfg: TrainConfig, norm: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "history": json.dumps(history), "config": json.dumps(asdict(cfg)), "norm": json.dumps(norm)}, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception as e:  # noqa: BLE001
+        raise BirdcnnError(f"{path}: not a usable checkpoint ({str(e).splitlines()[0][:200]})") from None
+
+
+def default_run_dir(prefix: str = "train") -> Path:
+    return Path("runs") / f"{prefix}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+@torch.no_grad()
+def _accuracy(net, images: torch.Tensor, labels: torch.Tensor, prep: Callable, autocast, bs: int = 1000) -> float:
+    net.eval()
+    correct = 0
+    for i in range(0, len(images), bs):
+        with autocast():
+            correct += (net(prep(images[i:i + bs])).argmax(1) == labels[i:i + bs]).sum().item()
+    net.train()
+    return correct / max(1, len(images))
+
+
+def train(cfg: TrainConfig, resume: bool = False, command: str = "",
+          on_epoch: Callable[[int, Classifier, float], None] | None = None) -> Path:
+    """Train per `cfg`; returns the run folder.
+
+    `on_epoch(epoch, classifier, train_seconds)` is called after each epoch, outside the timed part.
+    """
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir()
+    ckpt_path = run_dir / "checkpoint.pt"
+    ckpt = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise BirdcnnError(f"{run_dir}: no checkpoint.pt to resume from")
+        ckpt = _load_checkpoint(ckpt_path)
+        saved = json.loads(ckpt["config"])
+        cfg = TrainConfig(**{**saved, "out": str(run_dir), "device": cfg.device or saved.get("device")})
+        command = command or ""
+    else:
+        if ckpt_path.exists() or (run_dir / "model.json").exists():
+            raise BirdcnnError(f"{run_dir}: already holds a run; pass --resume to continue it, or choose another --out")
+        cfg = cfg.resolved()
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    train_ds, val_ds, test_ds = prepare_data(cfg)
+    classes = train_ds.classes
+    aug = Augment(**cfg.augment)
+    print(f"data: {len(train_ds)} training images {D.describe(train_ds)}, {len(val_ds)} validation"
+          + (f", {len(test_ds)} test" if test_ds is not None else ""), file=sys.stderr)
+
+    images = torch.from_numpy(train_ds.images).to(device)
+    labels = torch.from_numpy(train_ds.labels).to(device)
+    if ckpt is not None:
+        norm = json.loads(ckpt["norm"])
+    else:
+        x = train_ds.images.reshape(-1, 3).astype(np.float64) / 255
+        norm = {"mean": x.mean(0).round(5).tolist(), "std": x.std(0).round(5).tolist()}
+    mean = torch.tensor(norm["mean"], device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(norm["std"], device=device).view(1, 3, 1, 1) * 255
+
+    def prep(u8: torch.Tensor) -> torch.Tensor:
+        return ((u8.permute(0, 3, 1, 2).float() - mean) / std).contiguous(memory_format=torch.channels_last)
+
+    use_bf16 = cfg.bf16 and device.type in ("cpu", "cuda")
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    net = build(cfg.arch, len(classes)).to(device)
+    if isinstance(net, FastNet) and ckpt is None:
+        net.init_whitening(prep(images[:5000]))
+    net = net.to(memory_format=torch.channels_last)
+    opt = make_optimizer(net, cfg)
+    batch = min(cfg.batch_size, len(train_ds))
+    steps_per_epoch = max(1, len(train_ds) // batch)
+    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    step, history = 0, []
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, history = int(ckpt["step"]), json.loads(ckpt["history"])
+        print(f"resuming {run_dir} at step {step}/{total_steps}", file=sys.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    weights = D.balanced_weights(train_ds.labels, len(classes)) if cfg.balance else None
+    val_x, val_y = torch.from_numpy(val_ds.images).to(device), torch.from_numpy(val_ds.labels).to(device)
+
+    def epoch_order(epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        if weights is not None:
+            return torch.multinomial(torch.from_numpy(weights), len(train_ds), replacement=True, generator=g)
+        return torch.randperm(len(train_ds), generator=g)
+
+    train_seconds = sum(h["seconds"] for h in history) if history else 0.0
+    net.train()
+    bar = tqdm(total=total_steps, initial=step, unit="step", desc=f"train {cfg.arch}", dynamic_ncols=True,
+               disable=not sys.stderr.isatty() and os.environ.get("BIRDCNN_PROGRESS") != "1")
+    epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
+    interrupted = False
+    with _StopFlag() as stop:
+        t0 = time.perf_counter()
+        while step < total_steps:
+            epoch, b = divmod(step, steps_per_epoch)
+            if b == 0:
+                epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
+            order = epoch_order(epoch)
+            idx = order[b * batch:(b + 1) * batch].to(device)
+            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout and augmentation: reproducible on resume
+            x = aug(prep(images[idx]))
+            y = labels[idx]
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * lr_factor(step, total_steps, cfg.recipe["optimizer"]) if "initial_lr" in g else g["lr"]
+            if isinstance(net, FastNet):
+                net[0].bias.requires_grad = epoch < 3  # train the whitening bias for 3 epochs only (airbench)
+            with autocast():
+                out = net(x)
+                loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing,
+                                       reduction="sum" if cfg.recipe["optimizer"] == "sgd" else "mean")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            n = len(y)
+            epoch_loss += loss.item() * (1 if cfg.recipe["optimizer"] == "sgd" else n)
+            epoch_correct += (out.argmax(1) == y).sum().item()
+            epoch_seen += n
+            bar.update(1)
+            bar.set_postfix(loss=f"{epoch_loss / epoch_seen:.3f}", img_s=f"{epoch_seen / max(1e-9, time.perf_counter() - t0):.0f}" if b else "")
+            end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+            if end_of_epoch:
+                dt = time.perf_counter() - t0
+                train_seconds += dt
+                val_acc = _accuracy(net, val_x, val_y, prep, autocast)
+                history.append({"epoch": epoch + 1, "step": step, "train_loss": epoch_loss / epoch_seen,
+                                "train_accuracy": epoch_correct / epoch_seen, "val_accuracy": val_acc,
+                                "seconds": dt, "images_per_second": epoch_seen / dt})
+                _save_checkpoint(ckpt_path, net, opt, step, history, cfg, norm)
+                tqdm.write(f"epoch {epoch + 1:>3}/{math.ceil(cfg.epochs)}  loss {epoch_loss / epoch_seen:.4f}  "
+                           f"train acc {epoch_correct / epoch_seen:.4f}  val acc {val_acc:.4f}  "
+                           f"{epoch_seen / dt:.0f} img/s  {train_seconds:.0f}s", file=sys.stderr)
+                if on_epoch is not None:
+                    net.eval()
+                    on_epoch(epoch + 1, _classifier(net, cfg, classes, norm), train_seconds)
+                    net.train()
+                t0 = time.perf_counter()
+            if stop.set and step < total_steps:
+                train_seconds += time.perf_counter() - t0
+                _save_checkpoint(ckpt_path, net, opt, step, history, cfg, norm)
+                interrupted = True
+                break
+    bar.close()
+    if interrupted:
+        print(f"interrupted at step {step}/{total_steps}; checkpoint saved. Continue with: "
+              f"birdcnn train --out {run_dir} --resume", file=sys.stderr)
+        raise SystemExit(130)
+
+    net.eval()
+    clf = _classifier(net, cfg, classes, norm)
+    meta, metrics = _finish(clf, cfg, val_ds, test_ds, train_ds, history, command)
+    save_model(net, meta, run_dir / "model")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    plot_history(history, run_dir / "training_curves.png", title=f"{cfg.arch} on {Path(str(cfg.data)).name}")
+    print(f"saved {run_dir / 'model.json'}", file=sys.stderr)
+    return run_dir
+
+
+def _classifier(net, cfg: TrainConfig, classes: list[str], norm: dict) -> Classifier:
+    meta = {"arch": cfg.arch, "classes": classes, "positive": cfg.positive, "input_size": 32,
+            "mean": norm["mean"], "std": norm["std"], "tta": cfg.recipe.get("tta", "none")}
+    return Classifier(net, meta, device=next(net.parameters()).device)
+
+
+def _finish(clf: Classifier, cfg: TrainConfig, val: D.Dataset, test: D.Dataset | None, train_ds: D.Dataset,
+            history: list, command: str) -> tuple[dict, dict]:
+    """Calibrate on validation, pick the threshold on validation, measure on test."""
+    pos = clf.positive_index
+    val_logits = clf.logits(val.images).numpy()
+    temperature = fit_temperature(val_logits, val.labels)
+    clf.temperature = temperature
+    val_probs = torch.softmax(torch.from_numpy(val_logits) / temperature, 1).numpy()
+    threshold = threshold_for_precision(val.labels == pos, val_probs[:, pos], cfg.target_precision)
+    rule = f"lowest threshold with precision >= {cfg.target_precision} on the validation split"
+    if threshold is None:
+        threshold, rule = 0.5, f"0.5 (precision {cfg.target_precision} unreachable on validation)"
+    clf.threshold = threshold
+
+    def measure(ds: D.Dataset, probs: np.ndarray) -> dict:
+        y = ds.labels == pos
+        return {"n": len(ds), "accuracy": float((probs.argmax(1) == ds.labels).mean()),
+                "ece": expected_calibration_error(probs, ds.labels),
+                "bird": {**binary_report(y, probs[:, pos], threshold),
+                         "ece": expected_calibration_error(probs[:, pos], y)}}
+
+    metrics = {"validation": measure(val, val_probs)}
+    if test is not None:
+        metrics["test"] = measure(test, clf.probabilities(test.images))
+    metrics["train_seconds"] = sum(h["seconds"] for h in history)
+    metrics["temperature"] = temperature
+    metrics["threshold"] = threshold
+    meta = {**clf.meta, "temperature": temperature, "threshold": threshold, "threshold_rule": rule,
+            "resize": "central square crop, bicubic (birdcnn.images.fit_square)",
+            "training": {"command": command, "data": str(cfg.data), "data_fingerprint": train_ds.fingerprint,
+                         "config": asdict(cfg), "epochs_run": len(history),
+                         "train_seconds": round(metrics["train_seconds"], 1), "torch": torch.__version__,
+                         "date": datetime.now().isoformat(timespec="seconds")},
+            "metrics": metrics}
+    for split, m in metrics.items():
+        if isinstance(m, dict) and "accuracy" in m:
+            b = m["bird"]
+            ap = f"{b['average_precision']:.4f}" if b["average_precision"] is not None else "n/a"
+            print(f"{split}: accuracy {m['accuracy']:.4f}  {clf.positive}: precision {b['precision'] or 0:.4f} "
+                  f"recall {b['recall'] or 0:.4f} AP {ap}  ECE {m['ece']:.4f}", file=sys.stderr)
+    return meta, metrics
+
+
+def plot_history(history: list[dict], path: Path, title: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(epochs, [h["train_loss"] for h in history], "o-", label="training loss")
+    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
+    b.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="training (augmented)")
+    b.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="validation")
+    b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend(), b.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
