@@ -177,8 +177,12 @@ def download(url: str, dest: Path, md5: str) -> Path:
 
 # ---------------------------------------------------------------- class folders
 
-def _list_class_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+def _class_names(*roots: Path) -> list[str]:
+    return sorted({d.name for r in roots for d in r.iterdir() if d.is_dir() and not d.name.startswith(".")})
+
+
+def _list_class_folder(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    classes = classes or _class_names(root)
     files: list[tuple[Path, int]] = []
     for i, c in enumerate(classes):
         for dirpath, dirnames, filenames in os.walk(root / c):
@@ -231,7 +235,7 @@ class _Serial:
 
 
 def _load_class_folder(root: Path, size: int, classes: list[str] | None = None) -> Dataset:
-    found, files = _list_class_folder(root)
+    found, files = _list_class_folder(root, classes)
     if not files:
         raise DataError(f"{root}: no images found (expected class sub-folders such as {root}/bird/*.jpg)")
     listing = "\n".join(f"{p.relative_to(root)}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}\t{y}" for p, y in files)
@@ -325,7 +329,8 @@ def load_split(source: str | Path, split: str = "train", size: int = 32) -> Data
     if (cifar := _is_cifar_folder(path)) is not None:
         return _check_size(_load_cifar_folder(cifar, split), size, source)
     if (path / "train").is_dir() and (path / "test").is_dir():
-        return _load_class_folder(path / split, size)
+        # Both splits share one class list, so a class missing from test/ cannot shift the labels.
+        return _load_class_folder(path / split, size, _class_names(path / "train", path / "test"))
     return _load_class_folder(path, size)
 
 

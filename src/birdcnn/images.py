@@ -15,6 +15,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# JPEGs are draft-decoded to at least this many times the model's input size. Measured on the
+# 40 shared photos against a full decode: drafting at 1x changed the top class of 6 photos
+# (bird probability off by up to 0.25), at 3x of 2 (up to 0.04); 4x still decodes a 12 MP
+# photo at 1/8 scale, so large photos lose none of the speed.
+DRAFT_SCALE = 4
 # Refuse images above this many pixels: a 24 MP photo is fine, a 50,000 x 50,000 "bomb" is not.
 MAX_PIXELS = 120_000_000
 
@@ -60,7 +65,8 @@ def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
         raise ImageError(path, f"cannot read ({e.strerror or e})") from None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns above its own ~89 MP limit: MAX_PIXELS below is the limit that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise ImageError(path, f"too large ({im.width}x{im.height} pixels; "
@@ -78,7 +84,7 @@ def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
         raise
     except UnidentifiedImageError:
         raise ImageError(path, "not an image (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise ImageError(path, "too large: possible decompression bomb") from None
     except PermissionError:
         raise ImageError(path, "permission denied") from None
@@ -109,5 +115,5 @@ def fit_square(im: Image.Image, size: int) -> Image.Image:
 
 def load_for_model(path: str | Path, size: int) -> np.ndarray:
     """Decode `path` into the model's input: a size x size x 3 uint8 array."""
-    im = open_image(path, min_size=size)
-    return np.asarray(fit_square(im, size), dtype=np.uint8)
+    im = open_image(path, min_size=size * DRAFT_SCALE)
+    return np.array(fit_square(im, size), dtype=np.uint8)  # a writable copy: torch warns on read-only arrays

@@ -83,9 +83,11 @@ def run(args: argparse.Namespace) -> int:
             if "error" in r:
                 continue
             line = f"{r['path']}: {r['label']} ({100 * r['bird_probability']:.1f}%{'' if r['is_bird'] else ' ' + model.positive})"
-            if "top_classes" in r and not r["is_bird"]:
-                t = r["top_classes"][0]
-                line += f"  most like {t['class']} ({100 * t['probability']:.1f}%)"
+            if not r["is_bird"] and r["bird_probability"] >= 0.5:
+                line += f"  below the {100 * model.threshold:.1f}% decision threshold"
+            top = r.get("top_classes", [{}])[0]
+            if not r["is_bird"] and top.get("class") not in (None, model.positive):
+                line += f"  most like {top['class']} ({100 * top['probability']:.1f}%)"
             print(line)
     for r in failed:
         print(f"birdcnn predict: error: {r['path']}: {r['error']}", file=sys.stderr)

@@ -144,6 +144,20 @@ def lr_factor(step: int, total: int, optimizer: str) -> float:
     return 1.0 + (0.07 - 1.0) * (step - warm) / max(1, total - warm)
 
 
+def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                  cfg: TrainConfig, autocast: Callable) -> tuple[float, torch.Tensor]:
+    """One optimisation step on an augmented, normalised batch; returns (loss, logits)."""
+    with autocast():
+        out = net(x)
+        # airbench sums the loss (its lr is per 1024 examples); Adam, as in the article, averages.
+        loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing,
+                               reduction="sum" if cfg.recipe["optimizer"] == "sgd" else "mean")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item(), out
+
+
 # ---------------------------------------------------------------- the run
 
 class _StopFlag:
@@ -216,6 +230,8 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     if resume:
         if not ckpt_path.is_file():
             raise BirdcnnError(f"{run_dir}: no checkpoint.pt to resume from")
+        if (run_dir / "model.json").exists():
+            raise BirdcnnError(f"{run_dir}: this run already finished (model.json exists); nothing to resume")
         ckpt = _load_checkpoint(ckpt_path)
         saved = json.loads(ckpt["config"])
         cfg = TrainConfig(**{**saved, "out": str(run_dir), "device": cfg.device or saved.get("device")})
@@ -296,16 +312,10 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
                 g["lr"] = g["initial_lr"] * lr_factor(step, total_steps, cfg.recipe["optimizer"]) if "initial_lr" in g else g["lr"]
             if isinstance(net, FastNet):
                 net[0].bias.requires_grad = epoch < 3  # train the whitening bias for 3 epochs only (airbench)
-            with autocast():
-                out = net(x)
-                loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing,
-                                       reduction="sum" if cfg.recipe["optimizer"] == "sgd" else "mean")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, out = training_step(net, opt, x, y, cfg, autocast)
             step += 1
             n = len(y)
-            epoch_loss += loss.item() * (1 if cfg.recipe["optimizer"] == "sgd" else n)
+            epoch_loss += loss * (1 if cfg.recipe["optimizer"] == "sgd" else n)
             epoch_correct += (out.argmax(1) == y).sum().item()
             epoch_seen += n
             bar.update(1)
@@ -341,10 +351,10 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     net.eval()
     clf = _classifier(net, cfg, classes, norm)
     meta, metrics = _finish(clf, cfg, val_ds, test_ds, train_ds, history, command)
-    save_model(net, meta, run_dir / "model")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     plot_history(history, run_dir / "training_curves.png", title=f"{cfg.arch} on {Path(str(cfg.data)).name}")
+    save_model(net, meta, run_dir / "model")  # last: model.json marks a finished run (see --resume)
     print(f"saved {run_dir / 'model.json'}", file=sys.stderr)
     return run_dir
 
@@ -392,9 +402,10 @@ def _finish(clf: Classifier, cfg: TrainConfig, val: D.Dataset, test: D.Dataset |
     for split, m in metrics.items():
         if isinstance(m, dict) and "accuracy" in m:
             b = m["bird"]
-            ap = f"{b['average_precision']:.4f}" if b["average_precision"] is not None else "n/a"
-            print(f"{split}: accuracy {m['accuracy']:.4f}  {clf.positive}: precision {b['precision'] or 0:.4f} "
-                  f"recall {b['recall'] or 0:.4f} AP {ap}  ECE {m['ece']:.4f}", file=sys.stderr)
+            # None is "undefined" (e.g. precision when nothing was predicted positive), not 0.
+            prec, rec, ap = (f"{b[k]:.4f}" if b[k] is not None else "n/a" for k in ("precision", "recall", "average_precision"))
+            print(f"{split}: accuracy {m['accuracy']:.4f}  {clf.positive}: precision {prec} "
+                  f"recall {rec} AP {ap}  ECE {m['ece']:.4f}", file=sys.stderr)
     return meta, metrics
 
 

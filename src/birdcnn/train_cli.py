@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 
 from .models import ARCHITECTURES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="'cifar10' (download), the CIFAR-10 archive or folder, or a folder/tar of class folders")
-    p.add_argument("--arch", default="fast", choices=sorted(ARCHITECTURES), help="network (default: fast)")
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), help="network (default: fast)")
     p.add_argument("--classes", choices=["all", "binary"], help="learn every class, or positive-vs-rest (default: per arch)")
     p.add_argument("--positive", default="bird", help="the positive class (default: bird)")
     p.add_argument("--extra-positive", metavar="DIR", help="folder of extra positive images to merge into training")
@@ -50,7 +51,12 @@ def run(args: argparse.Namespace) -> int:
         raise BirdcnnError("--data is required (e.g. --data cifar10, or a folder of class folders)")
     if args.resume and not args.out:
         raise BirdcnnError("--resume needs --out RUN_DIR (the run to continue)")
-    cfg = TrainConfig(data=args.data or "", arch=args.arch, classes=args.classes, positive=args.positive,
+    if args.resume:
+        ignored = [f"--{k.replace('_', '-')}" for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "extra_positive")
+                   if getattr(args, k) is not None]
+        if ignored:
+            print(f"note: --resume continues the run as first configured; ignoring {', '.join(ignored)}", file=sys.stderr)
+    cfg = TrainConfig(data=args.data or "", arch=args.arch or "fast", classes=args.classes, positive=args.positive,
                       extra_positive=args.extra_positive, balance=args.balance, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
                       augment=augment_overrides(args), val_size=args.val_size, target_precision=args.target_precision,

@@ -1,0 +1,343 @@
+"""Data sources (class folders, archives, the official CIFAR-10 format), safe loading, the cache,
+and turning labels into bird vs not-bird."""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from birdcnn import data as D
+from birdcnn.errors import DataError
+from birdcnn.images import load_for_model
+from birdcnn.train import TrainConfig, prepare_data
+
+CLASSES = D.CIFAR10_CLASSES
+
+
+# ---------------------------------------------------------------- class folders
+
+def test_class_folder_with_splits(cifar_small):
+    train, test = D.load_split(cifar_small, "train"), D.load_split(cifar_small, "test")
+    assert train.classes == test.classes == sorted(CLASSES)
+    assert train.images.shape == (600, 32, 32, 3) and train.images.dtype == np.uint8
+    assert test.images.shape == (200, 32, 32, 3)
+    assert np.bincount(train.labels).tolist() == [60] * 10 and np.bincount(test.labels).tolist() == [20] * 10
+    assert train.fingerprint != test.fingerprint
+    # Labels and pixels match the files they came from.
+    for i in (0, 123, 599):
+        path = Path(train.paths[i])
+        assert path.parent.name == train.classes[train.labels[i]]
+        assert np.array_equal(train.images[i], load_for_model(path, 32))
+
+
+def test_class_folder_without_splits_is_used_whole(cifar_small):
+    folder = cifar_small / "test"  # bird/, cat/, ... directly inside
+    a, b = D.load_split(folder, "train"), D.load_split(folder, "test")
+    assert len(a) == len(b) == 200 and a.fingerprint == b.fingerprint
+    assert np.array_equal(a.images, b.images)
+
+
+def test_splits_share_one_class_list(cifar_small, tmp_path):
+    # test/ lacks 'cat': 'dog' must keep the label it has in train/, not shift down by one.
+    for split, classes in (("train", ["bird", "cat", "dog"]), ("test", ["bird", "dog"])):
+        for c in classes:
+            shutil.copytree(cifar_small / split / c, tmp_path / split / c)
+    train, test = D.load_split(tmp_path, "train"), D.load_split(tmp_path, "test")
+    assert train.classes == test.classes == ["bird", "cat", "dog"]
+    assert set(test.labels.tolist()) == {0, 2}
+
+
+def test_other_sizes_and_unreadable_files_are_reported(photos, tmp_path):
+    shutil.copytree(photos, tmp_path / "photos")
+    (tmp_path / "photos" / "bird" / "broken.jpg").write_bytes(b"not really a jpeg")
+    (tmp_path / "photos" / "bird" / "notes.txt").write_text("ignored: not an image suffix")
+    ds = D.load_split(tmp_path / "photos", "train", size=48)
+    assert ds.classes == ["bird", "not_bird"] and np.bincount(ds.labels).tolist() == [10, 30]
+    assert ds.images.shape == (40, 48, 48, 3)
+    assert len(ds.skipped) == 1 and "broken.jpg" in ds.skipped[0] and "not an image" in ds.skipped[0]
+
+
+def tar_folder(src: Path, dest: Path, arcname: str) -> Path:
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(src, arcname=arcname)
+    return dest
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_tar_of_class_folders_equals_the_folder(cifar_small, tmp_path, wrapped):
+    # A .tar.gz with train/ and test/ inside (wrapped in one top folder, or not).
+    arc = tar_folder(cifar_small, tmp_path / "small.tar.gz", "cifar_small" if wrapped else ".")
+    for split in ("train", "test"):
+        a, b = D.load_split(arc, split), D.load_split(cifar_small, split)
+        assert a.classes == b.classes
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+
+
+def test_tar_of_class_folders_without_splits(cifar_small, tmp_path):
+    arc = tar_folder(cifar_small / "test", tmp_path / "flat.tar.gz", "flat")
+    ds = D.load_split(arc, "train")
+    assert len(ds) == 200 and ds.classes == sorted(CLASSES)
+    assert np.array_equal(ds.images, D.load_split(cifar_small / "test", "train").images)
+
+
+# ---------------------------------------------------------------- the official CIFAR-10 python format
+
+def write_official_cifar(cifar_small: Path, root: Path, batch_transform=None) -> tuple[Path, dict]:
+    """Write real CIFAR images in the official python format: cifar-10-batches-py/ with
+    data_batch_1..5, test_batch (pickled dicts, bytes keys, data (N, 3072) uint8 as R, G, B planes)
+    and batches.meta. Returns (folder, {split: (images NHWC, labels)})."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    expected = {}
+    rng = np.random.default_rng(0)
+    for split, names, per_class in (("train", [f"data_batch_{i}" for i in range(1, 6)], 6), ("test", ["test_batch"], 4)):
+        images, labels = [], []
+        for b, name in enumerate(names):
+            files = [(p, y) for y, c in enumerate(CLASSES)
+                     for p in sorted((cifar_small / split / c).iterdir())[b * per_class:(b + 1) * per_class]]
+            files = [files[i] for i in rng.permutation(len(files))]  # batches are shuffled, as the official ones
+            arr = np.stack([load_for_model(p, 32) for p, _ in files])
+            labs = [y for _, y in files]
+            batch = {b"batch_label": f"{name} of the test archive".encode(), b"labels": labs,
+                     b"data": arr.transpose(0, 3, 1, 2).reshape(len(arr), 3072),
+                     b"filenames": [p.name.encode() for p, _ in files]}
+            if batch_transform:
+                batch = batch_transform(batch)
+            (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+            images.append(arr)
+            labels += labs
+        expected[split] = (np.concatenate(images), np.array(labels))
+    meta = {b"num_cases_per_batch": 10000, b"label_names": [c.encode() for c in CLASSES], b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return folder, expected
+
+
+@pytest.fixture(scope="module")
+def official(cifar_small, tmp_path_factory):
+    root = tmp_path_factory.mktemp("official")
+    folder, expected = write_official_cifar(cifar_small, root)
+    archive = tar_folder(folder, root / "cifar-10-python.tar.gz", "cifar-10-batches-py")
+    return folder, archive, expected
+
+
+@pytest.mark.parametrize("form", ["archive", "batches folder", "parent folder"])
+def test_official_cifar_format(official, form):
+    folder, archive, expected = official
+    source = {"archive": archive, "batches folder": folder, "parent folder": folder.parent}[form]
+    for split in ("train", "test"):
+        ds = D.load_split(source, split)
+        images, labels = expected[split]
+        assert ds.classes == CLASSES  # the file's order (batches.meta), not sorted
+        assert np.array_equal(ds.images, images) and np.array_equal(ds.labels, labels)
+        assert ds.fingerprint.startswith("cifar10-python:") and ds.fingerprint.endswith(split)
+    assert len(D.load_split(source, "train")) == 300 and len(D.load_split(source, "test")) == 40
+
+
+@pytest.mark.parametrize("form", ["archive", "folder"])
+def test_training_data_from_the_official_format(official, form):
+    # Training finds the official test split beside the training batches.
+    source = official[1] if form == "archive" else official[0]
+    train, val, test = prepare_data(TrainConfig(data=str(source), arch="tiny", val_size=30).resolved())
+    assert (len(train), len(val), len(test)) == (270, 30, 40)
+    assert train.classes == test.classes == CLASSES
+
+
+def test_official_cifar_other_input_size(official):
+    ds = D.load_split(official[1], "test", size=24)
+    assert ds.images.shape == (40, 24, 24, 3) and ds.images.dtype == np.uint8
+
+
+def test_official_cifar_missing_batch(official, tmp_path):
+    shutil.copytree(official[0], tmp_path / "cifar-10-batches-py")
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="data_batch_3"):
+        D.load_split(tmp_path, "train")
+    assert len(D.load_split(tmp_path, "test")) == 40  # the test split is still readable
+
+
+class RunsACommand:
+    """Pickles as a call to os.system: what a malicious 'CIFAR batch' would contain."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("form", ["archive", "folder"])
+def test_malicious_pickle_is_refused_not_executed(cifar_small, tmp_path, form):
+    marker = tmp_path / "PWNED"
+    folder, _ = write_official_cifar(cifar_small, tmp_path / "evil",
+                                     batch_transform=lambda b: {**b, b"data": RunsACommand(marker)})
+    source = tar_folder(folder, tmp_path / "evil.tar.gz", "cifar-10-batches-py") if form == "archive" else folder
+    for split in ("train", "test"):
+        with pytest.raises(DataError, match="refusing to load") as info:
+            D.load_split(source, split)
+        assert str(source) in str(info.value)
+    assert not marker.exists()
+    # Sanity: the payload is real (plain pickle would run it).
+    pickle.loads(pickle.dumps(RunsACommand(marker)))
+    assert marker.exists()
+
+
+def test_corrupt_archives_are_refused(official, tmp_path):
+    data = official[1].read_bytes()
+    (tmp_path / "truncated.tar.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated.tar.gz"):
+        D.load_split(tmp_path / "truncated.tar.gz", "train")
+    (tmp_path / "notes.tar.gz").write_text("not an archive")
+    with pytest.raises(DataError, match="notes.tar.gz: not a folder or a .tar"):
+        D.load_split(tmp_path / "notes.tar.gz", "train")
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: None, "no such file or folder"),
+    (lambda p: p.mkdir(), "no images found"),
+    (lambda p: (p / "bird").mkdir(parents=True), "no images found"),
+])
+def test_missing_or_empty_sources(tmp_path, make, words):
+    source = tmp_path / "data"
+    make(source)
+    with pytest.raises(DataError, match=words) as info:
+        D.load_split(source, "train")
+    assert str(source) in str(info.value) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- download with checksum
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_download_accepts_a_matching_file(official, tmp_path):
+    src = official[1]
+    dest = tmp_path / "cache" / "cifar-10-python.tar.gz"
+    assert D.download(src.as_uri(), dest, md5(src)) == dest
+    assert dest.read_bytes() == src.read_bytes()
+    assert not dest.with_name(dest.name + ".part").exists()
+    # Already there and valid: kept, not downloaded again (even from a URL that no longer works).
+    assert D.download((tmp_path / "gone.tar.gz").as_uri(), dest, md5(src)) == dest
+    assert len(D.load_split(dest, "test")) == 40
+
+
+def test_download_refuses_and_removes_a_mismatching_file(official, tmp_path):
+    src = official[1]
+    dest = tmp_path / "cache" / "cifar-10-python.tar.gz"
+    with pytest.raises(DataError, match="checksum mismatch") as info:
+        D.download(src.as_uri(), dest, "0" * 32)
+    assert "removed" in str(info.value)
+    assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_download_replaces_a_corrupt_earlier_download(official, tmp_path):
+    src = official[1]
+    dest = tmp_path / "cifar-10-python.tar.gz"
+    dest.write_bytes(src.read_bytes()[:1000])  # an interrupted earlier download
+    D.download(src.as_uri(), dest, md5(src))
+    assert md5(dest) == md5(src)
+
+
+def test_download_failure_is_a_clear_error(tmp_path):
+    dest = tmp_path / "x.tar.gz"
+    with pytest.raises(DataError, match="cannot download .*offline"):
+        D.download((tmp_path / "nothing-here.tar.gz").as_uri(), dest, "0" * 32)
+    assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
+
+
+# ---------------------------------------------------------------- the uint8 cache
+
+def test_decoded_folders_are_cached(cifar_small, tmp_path, monkeypatch):
+    monkeypatch.setenv("BIRDCNN_CACHE", str(tmp_path / "cache"))
+    first = D.load_split(cifar_small, "test")
+    cached = list((tmp_path / "cache" / "arrays").glob("*.npz"))
+    assert len(cached) == 1
+    second = D.load_split(cifar_small, "test")
+    assert np.array_equal(first.images, second.images) and np.array_equal(first.labels, second.labels)
+    assert first.classes == second.classes and first.paths == second.paths
+    assert first.fingerprint == second.fingerprint
+    # The second load reads the cache instead of decoding: mark the cached pixels and see them.
+    with np.load(cached[0]) as z:
+        arrays = dict(z)
+    arrays["images"] = np.zeros_like(arrays["images"])
+    np.savez(cached[0], **arrays)
+    assert D.load_split(cifar_small, "test").images.max() == 0
+    # A damaged cache file is rebuilt from the images, never trusted.
+    cached[0].write_bytes(b"garbage")
+    assert np.array_equal(D.load_split(cifar_small, "test").images, first.images)
+
+
+def test_cache_is_keyed_by_the_folder_listing(cifar_small, tmp_path, monkeypatch):
+    monkeypatch.setenv("BIRDCNN_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "data"
+    shutil.copytree(cifar_small / "test", folder)
+    before = D.load_split(folder, "train")
+    (folder / "bird" / "0000.jpg").unlink()  # the data changed: the cache must not be reused
+    after = D.load_split(folder, "train")
+    assert len(after) == len(before) - 1 and after.fingerprint != before.fingerprint
+    assert len(list((tmp_path / "cache" / "arrays").glob("*.npz"))) == 2
+
+
+# ---------------------------------------------------------------- bird vs not bird
+
+def test_positive_class_makes_a_binary_problem(cifar_small):
+    ds = D.load_split(cifar_small, "test")
+    binary = D.to_binary(ds, "bird")
+    assert binary.classes == ["not_bird", "bird"]
+    bird = ds.classes.index("bird")
+    assert np.array_equal(binary.labels, (ds.labels == bird).astype(np.int64))
+    assert binary.labels.sum() == 20 and np.array_equal(binary.images, ds.images)
+    assert D.to_binary(ds, "cat").classes == ["not_cat", "cat"]
+    with pytest.raises(DataError, match="'eagle' is not among"):
+        D.to_binary(ds, "eagle")
+
+
+def test_extra_positive_images_are_merged(cifar_small, photos):
+    ds = D.load_split(cifar_small, "test")
+    merged = D.add_extra_positive(ds, photos / "bird", "bird")
+    assert len(merged) == len(ds) + 10
+    assert (merged.labels[len(ds):] == ds.classes.index("bird")).all()
+    assert np.array_equal(merged.images[len(ds):][0], load_for_model(sorted((photos / "bird").iterdir())[0], 32))
+    assert merged.fingerprint != ds.fingerprint and merged.fingerprint.startswith(ds.fingerprint)
+    with pytest.raises(DataError, match="no such folder"):
+        D.add_extra_positive(ds, photos / "nope", "bird")
+
+
+def test_prepare_data_binary_with_extra_positive(cifar_small, photos):
+    cfg = TrainConfig(data=str(cifar_small), arch="article", extra_positive=str(photos / "bird"),
+                      val_size=100).resolved()
+    assert cfg.classes == "binary"  # the article's recipe
+    train, val, test = prepare_data(cfg)
+    assert train.classes == val.classes == test.classes == ["not_bird", "bird"]
+    assert len(train) == 500 + 10 and len(val) == 100 and len(test) == 200
+    plain_train, _, _ = prepare_data(TrainConfig(data=str(cifar_small), arch="article", val_size=100).resolved())
+    assert train.labels.sum() == plain_train.labels.sum() + 10  # the extras are birds, in training only
+    assert test.labels.sum() == 20
+
+
+def test_balanced_sampling_weights_draw_classes_equally(cifar_small):
+    ds = D.to_binary(D.load_split(cifar_small, "train"), "bird")  # 60 birds, 540 others
+    w = D.balanced_weights(ds.labels, 2)
+    assert w.shape == (600,)
+    assert np.isclose(w[ds.labels == 0].sum(), w[ds.labels == 1].sum())
+    draws = torch.multinomial(torch.from_numpy(w), 20_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    share = ds.labels[draws.numpy()].mean()
+    assert 0.47 < share < 0.53  # birds drawn half the time, not 10%
+    # A class with no examples does not divide by zero.
+    assert np.isfinite(D.balanced_weights(np.array([0, 0, 2]), 3)).all()
+
+
+def test_validation_split_is_fixed_and_disjoint():
+    tr, val = D.split_validation(100, 10, seed=3)
+    tr2, val2 = D.split_validation(100, 10, seed=3)
+    assert np.array_equal(tr, tr2) and np.array_equal(val, val2)
+    assert len(val) == 10 and len(set(tr) | set(val)) == 100 and not set(tr) & set(val)
+    assert not np.array_equal(val, D.split_validation(100, 10, seed=4)[1])

@@ -1,0 +1,222 @@
+"""`birdcnn train`: a short real run that learns, its results folder, kill -9 / Ctrl-C and --resume,
+and the refusals that protect existing runs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from birdcnn.cli import main
+from birdcnn.data import CIFAR10_CLASSES, load_split
+from birdcnn.modelfile import _sha256, load_model
+
+# 500 training images (100 of the 600 held out for validation), batches of 50: 10 steps an epoch.
+# On the CPU, so that runs are bit-for-bit reproducible (GPU convolutions need not be).
+EPOCHS, STEPS_PER_EPOCH = 6, 10
+
+
+def train_args(data: Path, out: Path) -> list[str]:
+    return ["train", "--data", str(data), "--arch", "tiny", "--epochs", str(EPOCHS), "--batch-size", "50",
+            "--val-size", "100", "--device", "cpu", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def run(cifar_small, tmp_path_factory) -> Path:
+    """An uninterrupted run through the command line, as a user would start it."""
+    out = tmp_path_factory.mktemp("train") / "run"
+    assert main(train_args(cifar_small, out)) == 0
+    return out
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    return {p.name: (_sha256(p), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+# ---------------------------------------------------------------- a run that learns
+
+def test_training_learns(run, cifar_small):
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.05  # the loss falls
+    # Accuracy on held-back images (never used for training or validation): chance is 10%.
+    clf = load_model(run)
+    test = load_split(cifar_small, "test")
+    accuracy = float((clf.probabilities(test.images).argmax(1) == test.labels).mean())
+    assert accuracy > 0.17, accuracy
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 200
+    assert metrics["test"]["accuracy"] == pytest.approx(accuracy, abs=0.011)
+
+
+def test_run_folder_contents(run, cifar_small):
+    names = {p.name for p in run.iterdir()}
+    assert {"model.safetensors", "model.json", "metrics.json", "history.json", "training_curves.png",
+            "checkpoint.pt"} <= names
+    assert not [n for n in names if "tmp" in n]  # temporary files were renamed into place
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["format"] == "birdcnn-model" and meta["arch"] == "tiny"
+    assert meta["classes"] == sorted(CIFAR10_CLASSES) and meta["positive"] == "bird"
+    assert len(meta["mean"]) == len(meta["std"]) == 3 and all(0 < s < 1 for s in meta["std"])
+    assert 0 < meta["threshold"] < 1 and meta["temperature"] > 0 and meta["input_size"] == 32
+    assert meta["weights_sha256"] == _sha256(run / "model.safetensors")
+    # The weights are as readable as the other files (safetensors' save_file would make them 0600).
+    assert stat.S_IMODE((run / "model.safetensors").stat().st_mode) == stat.S_IMODE((run / "model.json").stat().st_mode)
+    training = meta["training"]
+    assert training["command"].startswith(f"birdcnn train --data {cifar_small} --arch tiny")
+    assert training["data_fingerprint"] == load_split(cifar_small, "train").fingerprint
+    assert training["epochs_run"] == EPOCHS and training["config"]["seed"] == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert meta["metrics"] == metrics
+    for split in ("validation", "test"):
+        bird = metrics[split]["bird"]
+        assert {"precision", "recall", "average_precision", "tp", "fp", "fn", "tn"} <= set(bird)
+    with Image.open(run / "training_curves.png") as im:
+        assert im.format == "PNG" and im.width >= 600 and im.height >= 300
+        assert len(np.unique(np.asarray(im.convert("L")))) > 10  # something is drawn on it
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["step"] == EPOCHS * STEPS_PER_EPOCH
+
+
+# ---------------------------------------------------------------- kill -9, Ctrl-C and --resume
+
+def start_training(cifar_small: Path, out: Path, log: Path) -> subprocess.Popen:
+    """Start `birdcnn train` in its own process and wait until its first epoch's checkpoint exists."""
+    with open(log, "w") as f:
+        # As many threads as this process uses: the same arithmetic as the uninterrupted run.
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        proc = subprocess.Popen([sys.executable, "-m", "birdcnn", *train_args(cifar_small, out)],
+                                stdout=f, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"training ended or stalled before its first checkpoint:\n{log.read_text()}")
+        time.sleep(0.02)
+    return proc
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_kill_9_then_resume(run, cifar_small, tmp_path, capsys):
+    out = tmp_path / "killed"
+    proc = start_training(cifar_small, out, tmp_path / "log.txt")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (out / "model.json").exists(), "the run finished before it could be killed"
+    step = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["step"]
+    assert STEPS_PER_EPOCH <= step < EPOCHS * STEPS_PER_EPOCH
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert f"resuming {out} at step {step}/{EPOCHS * STEPS_PER_EPOCH}" in capsys.readouterr().err
+    clf = load_model(out)  # a loadable, working model
+    assert clf.probabilities(load_split(cifar_small, "test").images[:5]).shape == (5, 10)
+    assert len(json.loads((out / "history.json").read_text())) == EPOCHS
+    # Seeded and resumable exactly: the same weights as the run that was never interrupted.
+    assert_same_weights(out, run)
+
+
+def test_ctrl_c_stops_cleanly_with_a_resumable_checkpoint(run, cifar_small, tmp_path, capsys):
+    out = tmp_path / "interrupted"
+    log = tmp_path / "log.txt"
+    proc = start_training(cifar_small, out, log)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert f"birdcnn train --out {out} --resume" in text  # it says how to continue
+    assert not (out / "model.json").exists()
+    assert not [p for p in out.iterdir() if "tmp" in p.name]
+    step = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["step"]
+    assert 0 < step < EPOCHS * STEPS_PER_EPOCH
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert_same_weights(out, run)
+
+
+def test_binary_extra_positive_balanced(cifar_small, photos, tmp_path):
+    out = tmp_path / "binary"
+    code = main(["train", "--data", str(cifar_small), "--arch", "tiny", "--classes", "binary",
+                 "--extra-positive", str(photos / "bird"), "--balance", "--epochs", "1", "--batch-size", "100",
+                 "--val-size", "100", "--rotate", "10", "--blur", "1", "--out", str(out)])
+    assert code == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["classes"] == ["not_bird", "bird"] and meta["positive"] == "bird"
+    assert "+extra:" in meta["training"]["data_fingerprint"]
+    config = meta["training"]["config"]
+    assert config["balance"] and config["extra_positive"] == str(photos / "bird")
+    assert config["augment"]["rotate"] == 10 and config["augment"]["blur"] == 1
+    # Balanced sampling: the network saw birds about half the time, so it predicts them often
+    # (an unbalanced 1-epoch run predicts "not bird" for nearly everything).
+    test = load_split(cifar_small, "test")
+    share = load_model(out).probabilities(test.images)[:, 1].mean()
+    assert share > 0.3
+
+
+# ---------------------------------------------------------------- refusals
+
+def test_existing_run_is_not_overwritten(run, cifar_small, capsys):
+    before = snapshot(run)
+    assert main(train_args(cifar_small, run)) == 2
+    err = capsys.readouterr().err
+    assert err == f"birdcnn train: error: {run}: already holds a run; pass --resume to continue it, or choose another --out\n"
+    assert snapshot(run) == before
+
+
+def test_resuming_a_finished_run_is_refused(run, capsys):
+    before = snapshot(run)
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already finished" in err and str(run) in err
+    assert snapshot(run) == before
+
+
+class RunsACommand:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("case", ["absent", "no out", "no data", "garbage checkpoint", "malicious checkpoint",
+                                  "missing data", "empty data", "unknown positive"])
+def test_bad_train_requests_are_one_line_errors(case, cifar_small, tmp_path, capsys):
+    out = tmp_path / "run"
+    marker = tmp_path / "PWNED"
+    if case in ("garbage checkpoint", "malicious checkpoint"):
+        out.mkdir()
+        if case == "garbage checkpoint":
+            (out / "checkpoint.pt").write_bytes(b"\x00garbage" * 100)
+        else:
+            torch.save({"model": RunsACommand(marker), "step": 1}, out / "checkpoint.pt")
+    (tmp_path / "empty").mkdir()
+    args, words = {
+        "absent": (["--out", str(out), "--resume"], f"{out}: no checkpoint.pt to resume from"),
+        "no out": (["--resume"], "--resume needs --out"),
+        "no data": (["--out", str(out)], "--data is required"),
+        "garbage checkpoint": (["--out", str(out), "--resume"], "not a usable checkpoint"),
+        "malicious checkpoint": (["--out", str(out), "--resume"], "not a usable checkpoint"),
+        "missing data": (["--data", str(tmp_path / "nope"), "--out", str(out)], "nope: no such file or folder"),
+        "empty data": (["--data", str(tmp_path / "empty"), "--out", str(out)], "empty: no images found"),
+        "unknown positive": (["--data", str(cifar_small), "--positive", "eagle", "--out", str(out)],
+                             "positive class 'eagle' is not among"),
+    }[case]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("birdcnn train: error: ") and err.count("\n") == 1 and words in err, err
+    assert not marker.exists()  # the checkpoint was not unpickled
+    assert not (out / "model.json").exists()
