@@ -59,8 +59,22 @@ def threshold_for_recall(y_true: np.ndarray, scores: np.ndarray, target: float) 
     return float(thresholds[np.nonzero(recall >= target)[0][0]])
 
 
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> dict[str, np.ndarray]:
+    """Equal-width confidence bins: per bin the count, mean confidence and observed frequency of
+    `correct` (NaN for empty bins). Bin b holds confidences in (edges[b], edges[b+1]]; 0 goes in bin 0."""
+    conf, correct = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(idx, conf, minlength=bins) / count
+        frequency = np.bincount(idx, correct, minlength=bins) / count
+    return {"edges": edges, "count": count, "confidence": mean_conf, "frequency": frequency}
+
+
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float | None:
-    """ECE of the top-class confidence (N, C probs) or of a binary probability (N,) vs 0/1 labels."""
+    """ECE of the top-class confidence (N, C probs) or of a binary probability (N,) vs 0/1 labels:
+    the count-weighted mean gap between confidence and observed frequency over `reliability_bins`."""
     probs = np.asarray(probs, dtype=np.float64)
     if len(probs) == 0:
         return None
@@ -68,14 +82,9 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         conf, correct = probs.max(1), probs.argmax(1) == np.asarray(labels)
     else:  # binary: reliability of p(positive) itself
         conf, correct = probs, np.asarray(labels, bool)
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            ece += m.mean() * abs(conf[m].mean() - correct[m].mean())
-    return float(ece)
+    r = reliability_bins(conf, correct, bins)
+    m = r["count"] > 0
+    return float(np.sum(r["count"][m] * np.abs(r["confidence"][m] - r["frequency"][m])) / len(conf))
 
 
 def binary_report(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
@@ -84,9 +93,49 @@ def binary_report(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> d
     c = confusion_counts(y_true, np.asarray(scores) >= threshold)
     precision = _div(c["tp"], c["tp"] + c["fp"])
     recall = _div(c["tp"], c["tp"] + c["fn"])
-    f1 = _div(2 * precision * recall, precision + recall) if precision is not None and recall is not None else None
+    # 2TP / (2TP + FP + FN) is the harmonic mean of precision and recall, and also right (0) when
+    # the model finds none of the positives; without positives recall, hence F1, is undefined.
+    f1 = _div(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"]) if recall is not None else None
     return {"accuracy": _div(c["tp"] + c["tn"], len(y_true)), "precision": precision, "recall": recall, "f1": f1,
             "average_precision": average_precision(y_true, scores), **c}
+
+
+def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate, thresholds), starting at (0, 0) with threshold +inf,
+    one point per distinct score (predict >= t) by decreasing threshold. Rates are 0 for an absent class."""
+    y_true = np.asarray(y_true, bool)
+    order = np.argsort(-np.asarray(scores), kind="mergesort")
+    s, y = np.asarray(scores, np.float64)[order], y_true[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1] if len(s) else np.zeros(0, int)
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    tpr = np.r_[0.0, tp / max(int(y_true.sum()), 1)]
+    fpr = np.r_[0.0, fp / max(int((~y_true).sum()), 1)]
+    return fpr, tpr, np.r_[np.inf, s[last]]
+
+
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (trapezoids, so tied scores count half): the chance that a random
+    positive scores above a random negative. None unless both classes are present."""
+    y_true = np.asarray(y_true, bool)
+    if y_true.all() or not y_true.any():
+        return None
+    fpr, tpr, _ = roc_curve(y_true, scores)
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def balanced_accuracy(counts: dict[str, int]) -> float | None:
+    """Mean of the recall of positives and of negatives (from `confusion_counts`): a model that
+    always answers "not bird" scores 0.5, however rare birds are. None unless both classes are present."""
+    tpr = _div(counts["tp"], counts["tp"] + counts["fn"])
+    tnr = _div(counts["tn"], counts["tn"] + counts["fp"])
+    return None if tpr is None or tnr is None else (tpr + tnr) / 2
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """(num_classes, num_classes) counts: row = true class, column = predicted class."""
+    idx = np.asarray(y_true, np.int64) * num_classes + np.asarray(y_pred, np.int64)
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

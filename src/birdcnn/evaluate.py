@@ -1,0 +1,401 @@
+"""`birdcnn evaluate`: how good is the model, honestly?
+
+Accuracy alone lies: on CIFAR-10 a network that never says "bird" is 90% accurate. So this
+measures bird vs not-bird at the model's decision threshold with the numbers that do not lie
+(precision, recall, F1, balanced accuracy, average precision, ROC AUC, the four counts),
+calibration, and, for multi-class models, per-class accuracy and the confusion matrix. The
+pictures (curves, galleries of hits and mistakes, report.html) are drawn by `birdcnn.report`.
+
+Images are streamed in chunks (decode, classify, keep only the few each gallery shows), so
+memory stays flat on large folders: only the probabilities of every image are kept.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import data as D
+from . import metrics as M
+from .errors import BirdcnnError, DataError
+from .modelfile import Classifier, load_model
+
+CHUNK = 2000  # images decoded and classified at a time
+CIFAR_BATCH_FILES = ("data_batch_", "test_batch", "batches.meta", "readme.html")  # the official archive
+GROUPS = ("tp", "tn", "fp", "fn")  # the four galleries: true/false positives/negatives
+
+
+# ---------------------------------------------------------------- data, streamed
+
+@dataclass
+class Source:
+    """A labelled data source opened for streaming: iterate for (images, labels, paths) chunks."""
+
+    name: str
+    split: str                      # "test" (the source's test split) or "all" (no split: every image)
+    classes: list[str]
+    count: int                      # images listed (before unreadable ones are skipped)
+    skipped: list[str] = field(default_factory=list)  # "path: problem", filled while iterating
+    _dataset: D.Dataset | None = None
+    _files: list[tuple[Path, int]] | None = None
+    size: int = 32
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, list[str] | None]]:
+        if self._dataset is not None:  # CIFAR-10 batches: already one 30 MB array
+            ds = self._dataset
+            for i in range(0, len(ds), CHUNK):
+                yield ds.images[i:i + CHUNK], ds.labels[i:i + CHUNK], None
+            return
+        for i in range(0, len(self._files), CHUNK):
+            part = self._files[i:i + CHUNK]
+            images, ok, problems = D.decode_files([p for p, _ in part], self.size)
+            self.skipped += problems
+            yield images, np.array([part[j][1] for j in ok], np.int64), [str(part[j][0]) for j in ok]
+
+
+def open_source(source: str, size: int = 32) -> Source:
+    """Open a data source as in training; its test split when it has one, else all of it.
+
+    CIFAR-10 batches are loaded whole (10,000 images, 30 MB); folders of class folders (or a
+    tar of them) are listed now and decoded chunk by chunk while iterating.
+    """
+    root, split = _class_folder_root(source)
+    if root is None:
+        ds = D.load_split(source, "test", size)
+        return Source(str(source), "test", list(ds.classes), len(ds), _dataset=ds, size=size)
+    classes, files = D._list_class_folder(root)
+    if not files:
+        raise DataError(f"{root}: no images found (expected class sub-folders such as {root}/bird/*.jpg)")
+    return Source(str(source), split, classes, len(files), _files=files, size=size)
+
+
+def _class_folder_root(source: str) -> tuple[Path | None, str]:
+    """(folder of class folders, "test" or "all"), or (None, "test") for CIFAR-10 python batches."""
+    if str(source) == "cifar10":
+        return None, "test"
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder (use 'cifar10' to download CIFAR-10)")
+    if path.is_file():
+        if not tarfile.is_tarfile(path):
+            raise DataError(f"{path}: not a folder or a .tar/.tar.gz archive")
+        try:
+            with tarfile.open(path) as tar:
+                # The first file tells (listing all 60,000 names of a JPEG tar takes seconds); a wrong
+                # guess costs only streaming, as load_split checks properly.
+                first = next((m for m in tar if m.isfile()), None)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"{path}: corrupt or truncated archive ({e})") from None
+        if first is not None and Path(first.name).name.startswith(CIFAR_BATCH_FILES):
+            return None, "test"
+        path = D._folder_root(D._extract_archive(path))
+    if D._is_cifar_folder(path) is not None:
+        return None, "test"
+    if (path / "test").is_dir():
+        return path / "test", "test"
+    return path, "all"
+
+
+# ---------------------------------------------------------------- gallery candidates
+
+class Extremes:
+    """The k images with the highest (or lowest) scores seen so far, ties to the earliest: O(k) memory."""
+
+    def __init__(self, k: int, highest: bool, size: int):
+        self.k, self.highest = k, highest
+        self.scores = np.zeros(0, np.float64)
+        self.images = np.zeros((0, size, size, 3), np.uint8)
+        self.labels = np.zeros(0, np.int64)
+        self.paths: list[str | None] = []
+
+    def add(self, scores: np.ndarray, images: np.ndarray, labels: np.ndarray, paths: list[str] | None) -> None:
+        if self.k == 0 or len(scores) == 0:
+            return
+        pre = np.argsort(-scores if self.highest else scores, kind="stable")[: self.k]  # this chunk's best
+        s = np.r_[self.scores, scores[pre]]
+        keep = np.argsort(-s if self.highest else s, kind="stable")[: self.k]
+        self.scores = s[keep]
+        self.images = np.concatenate([self.images, images[pre]])[keep]
+        self.labels = np.r_[self.labels, labels[pre]][keep]
+        every = self.paths + [paths[i] if paths else None for i in pre]
+        self.paths = [every[i] for i in keep]
+
+    def where(self, mask: np.ndarray) -> "Extremes":
+        out = Extremes(self.k, self.highest, self.images.shape[1])
+        out.scores, out.images, out.labels = self.scores[mask], self.images[mask], self.labels[mask]
+        out.paths = [p for p, m in zip(self.paths, mask) if m]
+        return out
+
+
+# ---------------------------------------------------------------- the evaluation
+
+@dataclass
+class Evaluation:
+    """Everything `birdcnn evaluate` measured; `summary()` is the JSON, `birdcnn.report` draws the rest."""
+
+    model: str
+    data: str
+    split: str
+    positive: str
+    threshold: float
+    threshold_rule: str
+    target: dict | None              # {"precision" or "recall": goal, "threshold": t or None}
+    bird: dict                       # bird-vs-not-bird metrics at `threshold`
+    classes: dict | None             # multi-class metrics, when the model and data allow them
+    classes_note: str | None         # why `classes` is absent, for people
+    skipped: list[str]
+    seconds: float
+    is_positive: np.ndarray          # (N,) bool: the image shows the positive class
+    scores: np.ndarray               # (N,) float: the model's calibrated p(positive)
+    class_confidence: np.ndarray | None = None  # (N,) top-class probability (multi-class only)
+    class_correct: np.ndarray | None = None     # (N,) bool: top class is the true class
+    galleries: dict[str, Extremes] = field(default_factory=dict)  # "tp", "tn", "fp", "fn"
+    data_classes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.scores)
+
+    def summary(self) -> dict:
+        # Metrics are rounded for reading; thresholds are not (rounding could move an image across).
+        out = {"n": self.n, "threshold": self.threshold, "bird": {k: _r(v) for k, v in self.bird.items()}}
+        if self.classes is not None:
+            out["classes"] = self.classes
+        out.update({"positive": self.positive, "threshold_rule": self.threshold_rule, "target": self.target,
+                    "model": self.model, "data": self.data, "split": self.split,
+                    "skipped": list(self.skipped), "n_skipped": len(self.skipped), "seconds": round(self.seconds, 2)})
+        return out
+
+
+def to_json(obj: dict) -> str:
+    """Indented JSON with each list of numbers on one line (a 10x10 confusion matrix stays 10 lines)."""
+    text = json.dumps(obj, indent=2)
+    return re.sub(r"\[([^\[\]{}\"]*)\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+
+
+def _r(v):
+    return round(v, 6) if isinstance(v, float) else v
+
+
+def _label_maps(source: Source, model: Classifier) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    """(data label -> is positive, data label -> model class index or None, note when there is none).
+
+    The positive class is matched by name; a source with no positive folder must say so by
+    naming one ``not_<positive>`` (else a typo such as 'birds' would silently mean "no birds")."""
+    pos, classes = model.positive, source.classes
+    if pos not in classes and f"not_{pos}" not in classes:
+        raise DataError(f"{source.name}: the model's positive class {pos!r} is not among the data's classes "
+                        f"({', '.join(classes)}); name its folder {pos!r} (or 'not_{pos}' for data with none)")
+    is_pos = np.array([c == pos for c in classes])
+    if len(model.classes) <= 2:
+        return is_pos, None, None
+    missing = [c for c in classes if c not in model.classes]
+    if missing:
+        return is_pos, None, f"per-class accuracy: n/a (data classes not known to the model: {', '.join(missing[:5])})"
+    return is_pos, np.array([model.classes.index(c) for c in classes]), None
+
+
+def evaluate(model: Classifier, source: str | Source, model_name: str = "", threshold: float | None = None,
+             target_precision: float | None = None, target_recall: float | None = None,
+             gallery_size: int = 48, progress: bool = False) -> Evaluation:
+    """Classify every image of `source` with `model` and measure the results.
+
+    The operating threshold is `threshold`, else the one reaching `target_precision` or
+    `target_recall` on this data (when reachable), else the model's own.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    src = source if isinstance(source, Source) else open_source(source, model.input_size)
+    is_pos_of, model_index_of, note = _label_maps(src, model)
+    k, size = gallery_size, model.input_size
+    # Each gallery shows its most confident members; which images those are does not depend on
+    # the threshold (e.g. false positives = the highest-scored negatives that reach it), so the
+    # threshold may be chosen after the pass.
+    cand = {"pos_high": Extremes(k, True, size), "pos_low": Extremes(k, False, size),
+            "neg_high": Extremes(k, True, size), "neg_low": Extremes(k, False, size)}
+    probs, labels = [], []
+    with tqdm(total=src.count, unit="img", desc="evaluating", disable=not progress) as bar:
+        seen_skipped = 0
+        for images, lab, paths in src:
+            bar.update(len(lab) + len(src.skipped) - seen_skipped)
+            seen_skipped = len(src.skipped)
+            if len(lab) == 0:
+                continue
+            pr = model.probabilities(images)
+            p = pr[:, model.positive_index].astype(np.float64)
+            pos = is_pos_of[lab]
+            for name, m in (("pos", pos), ("neg", ~pos)):
+                sub = [paths[i] for i in np.nonzero(m)[0]] if paths else None
+                for side in ("high", "low"):
+                    cand[f"{name}_{side}"].add(p[m], images[m], lab[m], sub)
+            probs.append(pr)
+            labels.append(lab)
+    if not labels:
+        raise DataError(f"{src.name}: none of the {src.count} images could be read (first: {src.skipped[0]})")
+    probs, labels = np.concatenate(probs), np.concatenate(labels)
+    scores, y = probs[:, model.positive_index].astype(np.float64), is_pos_of[labels]
+
+    threshold, rule, target = _choose_threshold(model, y, scores, threshold, target_precision, target_recall)
+    r = M.binary_report(y, scores, threshold)
+    bird = {"accuracy": r["accuracy"], "balanced_accuracy": M.balanced_accuracy(r),
+            **{key: r[key] for key in ("precision", "recall", "f1", "average_precision")},
+            "roc_auc": M.roc_auc(y, scores), **{key: r[key] for key in ("tp", "tn", "fp", "fn")},
+            "ece": M.expected_calibration_error(scores, y), "positives": int(y.sum())}
+
+    classes = conf = correct = None
+    if model_index_of is not None:
+        true = model_index_of[labels]
+        classes = _class_metrics(probs, true, model.classes)
+        conf, correct = probs.max(1).astype(np.float64), probs.argmax(1) == true
+
+    galleries = {"tp": cand["pos_high"].where(cand["pos_high"].scores >= threshold),
+                 "fn": cand["pos_low"].where(cand["pos_low"].scores < threshold),
+                 "fp": cand["neg_high"].where(cand["neg_high"].scores >= threshold),
+                 "tn": cand["neg_low"].where(cand["neg_low"].scores < threshold)}
+    return Evaluation(model=model_name, data=src.name, split=src.split, positive=model.positive,
+                      threshold=float(threshold), threshold_rule=rule, target=target, bird=bird, classes=classes,
+                      classes_note=note, skipped=list(src.skipped), seconds=time.perf_counter() - t0,
+                      is_positive=y, scores=scores, class_confidence=conf, class_correct=correct,
+                      galleries=galleries, data_classes=list(src.classes))
+
+
+def _choose_threshold(model: Classifier, y: np.ndarray, scores: np.ndarray, threshold: float | None,
+                      target_precision: float | None, target_recall: float | None) -> tuple[float, str, dict | None]:
+    """(threshold, how it was chosen, {goal: value, "threshold": t or None} for a target)."""
+    if threshold is not None:
+        return threshold, "given with --threshold", None
+    threshold, rule = model.threshold, f"the model's ({model.meta.get('threshold_rule', 'stored threshold')})"
+    if target_precision is None and target_recall is None:
+        return threshold, rule, None
+    if target_precision is not None:
+        kind, goal, t = "precision", target_precision, M.threshold_for_precision(y, scores, target_precision)
+        how = f"the lowest threshold reaching precision {goal} on this data"
+    else:
+        kind, goal, t = "recall", target_recall, M.threshold_for_recall(y, scores, target_recall)
+        how = f"the highest threshold reaching recall {goal} on this data"
+    if t is None:
+        why = "no positive images" if not y.any() else "not reached at any threshold"
+        return threshold, f"{rule}; {kind} {goal} is unreachable on this data ({why})", {kind: goal, "threshold": None}
+    return t, how, {kind: goal, "threshold": t}
+
+
+def _class_metrics(probs: np.ndarray, true: np.ndarray, names: list[str]) -> dict:
+    """Overall and per-class accuracy (None for a class with no images), confusion matrix, top-class ECE."""
+    cm = M.confusion_matrix(true, probs.argmax(1), len(names))
+    rows = cm.sum(1)
+    return {"accuracy": _r(float(np.trace(cm) / cm.sum())),
+            "per_class": {name: (_r(float(cm[i, i] / rows[i])) if rows[i] else None) for i, name in enumerate(names)},
+            "confusion": cm.tolist(), "names": list(names), "ece": _r(M.expected_calibration_error(probs, true))}
+
+
+# ---------------------------------------------------------------- output for people
+
+def fmt(v, digits: int = 4) -> str:
+    """A metric for people: 'n/a' when undefined, never a silent 0."""
+    if v is None:
+        return "n/a"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+BIRD_ROWS = [("accuracy", "accuracy", "right answers, of all images"),
+             ("balanced_accuracy", "balanced accuracy", "mean of the recall of {pos} and of not-{pos}"),
+             ("precision", "precision", "of the images called {pos}, the share that are"),
+             ("recall", "recall", "of the {pos} images, the share found"),
+             ("f1", "F1", "harmonic mean of precision and recall"),
+             ("average_precision", "average precision", "area under the precision-recall curve"),
+             ("roc_auc", "ROC AUC", "chance a {pos} scores above a not-{pos}"),
+             ("ece", "calibration error", "mean |probability - observed frequency| (ECE)")]
+
+
+def format_table(ev: Evaluation) -> str:
+    """The short table `birdcnn evaluate` prints."""
+    b, pos = ev.bird, ev.positive
+    lines = [f"{ev.n} images ({b['positives']} {pos}, {ev.n - b['positives']} not {pos}) from {ev.data}"
+             f"{' (test split)' if ev.split == 'test' else ''}, model {ev.model}",
+             f"{pos} vs not {pos} at threshold {ev.threshold:.4f}: {ev.threshold_rule}"]
+    if ev.target is not None:
+        (kind, goal), t = next(iter(ev.target.items())), ev.target["threshold"]
+        lines.append(f"threshold for {kind} >= {goal}: {fmt(t)}")
+    lines.append("")
+    for key, label, _ in BIRD_ROWS:
+        lines.append(f"  {label:<19}{fmt(b[key]):>8}")
+    if ev.n:
+        lines[-len(BIRD_ROWS)] += f"   (always saying 'not {pos}' would score {1 - b['positives'] / ev.n:.4f})"
+    lines += ["", f"  {'':<14}{'called ' + pos:>16}{'called not ' + pos:>20}",
+              f"  {pos:<14}{str(b['tp']) + ' TP':>16}{str(b['fn']) + ' FN':>20}",
+              f"  {'not ' + pos:<14}{str(b['fp']) + ' FP':>16}{str(b['tn']) + ' TN':>20}"]
+    if ev.classes is not None:
+        cl = ev.classes
+        lines += ["", f"{len(cl['names'])} classes: accuracy {fmt(cl['accuracy'])}, calibration error {fmt(cl['ece'])}"]
+        items = [f"{name:<11}{fmt(a, 3):>6}" for name, a in cl["per_class"].items()]
+        lines += ["  " + "   ".join(items[i:i + 4]) for i in range(0, len(items), 4)]
+    elif ev.classes_note:
+        lines += ["", ev.classes_note]
+    if ev.skipped:
+        lines += ["", f"skipped {len(ev.skipped)} unreadable images (listed on stderr and in metrics.json)"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- command line
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {v}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="'cifar10', the CIFAR-10 archive or folder, or a folder/tar of class "
+                                                 "folders; its test/ split is used when present")
+    p.add_argument("--model", help="model file (.json/.safetensors or a run folder; default: the shipped model)")
+    p.add_argument("--out", metavar="DIR", help="folder for report.html, metrics.json and the pictures (default: runs/evaluate-DATE)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object instead of a table")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--threshold", type=_fraction, metavar="T", help="call 'bird' when p(bird) >= T (default: the model's threshold)")
+    g.add_argument("--target-precision", type=_fraction, metavar="P", help="use the lowest threshold reaching precision P on this data")
+    g.add_argument("--target-recall", type=_fraction, metavar="R", help="use the highest threshold reaching recall R on this data")
+    p.add_argument("--gallery-size", type=int, default=48, metavar="N", help="images per gallery (default 48)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .train import default_run_dir
+
+    if args.gallery_size < 0:
+        raise BirdcnnError("--gallery-size must be >= 0")
+    if (args.target_precision == 0.0) or (args.target_recall == 0.0):
+        raise BirdcnnError("--target-precision and --target-recall must be above 0")
+    out = Path(args.out) if args.out else default_run_dir("evaluate")
+    if out.exists() and not out.is_dir():
+        raise BirdcnnError(f"{out}: exists and is not a folder (--out)")
+    model = load_model(args.model)
+    ev = evaluate(model, args.data, model_name=str(args.model or "the shipped model"), threshold=args.threshold,
+                  target_precision=args.target_precision, target_recall=args.target_recall,
+                  gallery_size=args.gallery_size, progress=sys.stderr.isatty())
+    t0 = time.perf_counter()
+    write_report(ev, out)
+    report_seconds = time.perf_counter() - t0
+    if args.json:
+        print(to_json({**ev.summary(), "out": str(out)}))
+    else:
+        print(format_table(ev))
+        print(f"\n{ev.n} images evaluated in {ev.seconds:.1f} s; report written in {report_seconds:.1f} s: {out / 'report.html'}")
+    for i, problem in enumerate(ev.skipped):
+        if i == 20:
+            print(f"birdcnn evaluate: ... and {len(ev.skipped) - 20} more (all in {out / 'metrics.json'})", file=sys.stderr)
+            break
+        print(f"birdcnn evaluate: skipped unreadable image {problem}", file=sys.stderr)
+    return 1 if ev.skipped else 0
