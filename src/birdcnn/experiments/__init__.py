@@ -1,0 +1,1 @@
+"""Reproducible experiments that measure the ideas behind the network (`birdcnn experiment NAME`)."""
