@@ -125,10 +125,13 @@ def make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimi
     momentum = r["momentum"]
     kilostep = 1024 * (1 + 1 / (1 - momentum))
     lr, wd = cfg.lr / kilostep, r["weight_decay"] * cfg.batch_size / kilostep
+    lr_biases = lr * r["bias_scaler"]
     norm_biases = [p for n, p in net.named_parameters() if "norm" in n and p.requires_grad]
     others = [p for n, p in net.named_parameters() if "norm" not in n and (p.requires_grad or n == "0.bias")]
-    groups = [dict(params=norm_biases, lr=lr * r["bias_scaler"], weight_decay=wd / r["bias_scaler"]),
-              dict(params=others, lr=lr, weight_decay=wd)]
+    # PyTorch multiplies weight decay by the lr: dividing by it makes the decay per step independent
+    # of the lr ("decoupled"), as airbench does.
+    groups = [dict(params=norm_biases, lr=lr_biases, weight_decay=wd / lr_biases),
+              dict(params=others, lr=lr, weight_decay=wd / lr)]
     for g in groups:
         g["initial_lr"] = g["lr"]
     return torch.optim.SGD(groups, momentum=momentum, nesterov=True)
@@ -269,7 +272,9 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
 
     net = build(cfg.arch, len(classes)).to(device)
     if isinstance(net, FastNet) and ckpt is None:
-        net.init_whitening(prep(images[:5000]))
+        # A random sample: the training set is ordered by class, its first 5000 are airplanes.
+        sample = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
+        net.init_whitening(prep(images[sample.to(device)]))
     net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net, cfg)
     batch = min(cfg.batch_size, len(train_ds))
