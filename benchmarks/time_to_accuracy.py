@@ -1,0 +1,56 @@
+"""Wall-clock training time until 10-class CIFAR-10 test accuracy first reaches 93% and 94%.
+
+Trains the default recipe from scratch with `birdcnn.train.train` (the same code as
+`birdcnn train`). Test accuracy (with the model's test-time flip averaging) is checked once per
+epoch outside the timed part: the times printed are training time only.
+
+    python benchmarks/time_to_accuracy.py [--data ../shared/data/cifar10-jpeg.tar.gz] [--epochs N]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+
+from birdcnn.data import load_split
+from birdcnn.train import TrainConfig, train
+
+from common import print_machine_facts, print_summary
+
+TARGETS = (0.93, 0.94, 0.95)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+    ap.add_argument("--arch", default="fast")
+    ap.add_argument("--epochs", type=float, help="training length (default: the recipe's)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    facts = print_machine_facts()
+    test = load_split(args.data, "test")
+    reached: dict[float, float] = {}
+    curve = []
+
+    def on_epoch(epoch: int, clf, seconds: float) -> None:
+        acc = float((clf.probabilities(test.images).argmax(1) == test.labels).mean())
+        curve.append({"epoch": epoch, "train_seconds": round(seconds, 1), "test_accuracy": acc})
+        print(f"  epoch {epoch}: test accuracy {acc:.4f} after {seconds:.0f} s of training", flush=True)
+        for t in TARGETS:
+            if acc >= t and t not in reached:
+                reached[t] = seconds
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train(TrainConfig(data=args.data, arch=args.arch, epochs=args.epochs, seed=args.seed, out=tmp), on_epoch=on_epoch)
+    for t in TARGETS:
+        when = f"{reached[t]:.0f} s ({reached[t] / 60:.1f} min)" if t in reached else "not reached"
+        print(f"time to {t:.0%} test accuracy: {when}")
+    print_summary({"benchmark": "time_to_accuracy", "arch": args.arch, "epochs": args.epochs,
+                   "final_test_accuracy": curve[-1]["test_accuracy"] if curve else None,
+                   **{f"seconds_to_{int(t * 100)}": (round(reached[t], 1) if t in reached else None) for t in TARGETS},
+                   "curve": curve, **facts})
+
+
+if __name__ == "__main__":
+    main()
