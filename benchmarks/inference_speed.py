@@ -37,7 +37,7 @@ def main() -> None:
     t0 = time.perf_counter()
     classify([args.photo], clf)
     t_second = time.perf_counter() - t0
-    print(f"import torch+birdcnn {t_import:.2f} s, load model {t_load * 1000:.0f} ms, "
+    print(f"import birdcnn (torch already loaded) {t_import:.2f} s, load model {t_load * 1000:.0f} ms, "
           f"first photo {t_first * 1000:.0f} ms, next photo {t_second * 1000:.0f} ms  ({Path(args.photo).name}: {rec.get('label')})")
 
     from birdcnn.data import load_split

@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from .errors import BirdcnnError
-from .images import fit_square, open_image
+from .images import DRAFT_SCALE, fit_square, open_image
 from .modelfile import Classifier, load_model
 
 POOL_TYPES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
@@ -257,7 +257,7 @@ class Explanation:
 
 def explain(path: str | Path, clf: Classifier, display_size: int = 480) -> Explanation:
     """Open the photo (raising `ImageError`), run the traced forward/backward pass, collect the prediction."""
-    im = open_image(path, min_size=clf.input_size)
+    im = open_image(path, min_size=clf.input_size * DRAFT_SCALE)  # exactly what predict decodes
     u8 = np.array(fit_square(im, clf.input_size), dtype=np.uint8)  # a writable copy for torch
     scale = min(1.0, display_size / max(im.size))
     photo = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC) if scale < 1 else im

@@ -1,0 +1,275 @@
+"""`birdcnn locate`: where in the photo is the bird? A sliding window, scored in batches.
+
+For each scale (a window side as a fraction of the photo's shorter side) the photo is resized
+so that the window becomes exactly the network's 32x32 input; `Tensor.unfold` then cuts every
+window at once and the network scores them as one batch. Window scores are painted back into a
+heat map, and the best windows, after non-maximum suppression, are the boxes.
+
+Cost is bounded whatever the photo: windows are sized relative to the photo, so their number
+does not grow with the megapixels; it is capped at `max_windows` (photos that would need more,
+such as wide panoramas, get a coarser stride, then lose their smallest scales); the photo is decoded only as large as the smallest window needs (JPEG draft
+mode: a 24 MP JPEG decodes at 1/4 or 1/8 scale); and windows under 16 photo pixels are not
+used (a 64 px photo keeps only its larger scales).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.ops import nms
+
+from .errors import BirdcnnError
+from .images import fit_square, open_image
+from .modelfile import Classifier, load_model
+
+DEFAULT_SCALES = (0.8, 0.5, 0.33, 0.22, 0.15)  # window side / photo's shorter side
+DEFAULT_STRIDE = 0.25                          # step between windows / window side
+MAX_WINDOWS = 1500          # ~1-2 s of network time on 2 idle CPU cores for the default network
+MIN_WINDOW_PX = 16          # smaller windows hold too few real pixels to mean anything
+DISPLAY = 1024              # longest side of the heat-map picture
+NMS_IOU = 0.3
+
+
+@dataclass
+class Located:
+    """Result of `locate`: boxes in the photo's own pixel coordinates, most probable first."""
+
+    size: tuple[int, int]                      # photo (width, height)
+    target: str
+    boxes: list[dict] = field(default_factory=list)      # {"box": [x0, y0, x1, y1], "probability"}
+    max_probability: float = 0.0               # best window, before any threshold
+    whole_frame_probability: float = 0.0
+    windows: int = 0
+    scales: list[dict] = field(default_factory=list)     # {"scale", "window_px", "stride_px", "windows"}
+    heat: np.ndarray | None = None             # (h, w) float in [0, 1], at `display` size
+    display: Image.Image | None = None         # the photo at heat-map size
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"size": list(self.size), "class": self.target, "boxes": self.boxes,
+                "max_probability": round(self.max_probability, 6),
+                "whole_frame_probability": round(self.whole_frame_probability, 6),
+                "windows": self.windows, "scales": self.scales, "seconds": round(self.seconds, 3)}
+
+
+def _window_grid(length: int, stride: int, size: int) -> tuple[int, int]:
+    """(number of windows, offset) along one side, the grid centred so both margins are equal."""
+    n = (length - size) // stride + 1
+    return n, (length - size - (n - 1) * stride) // 2
+
+
+def plan_scales(short_side: int, long_side: int, scales: list[float], stride: float, size: int = 32,
+                max_windows: int = MAX_WINDOWS) -> list[tuple[float, int]]:
+    """(scale, stride in model pixels) for each usable scale. Over `max_windows` in all, the
+    strides widen evenly up to the window size, then the smallest scales go (extreme panoramas)."""
+    usable = sorted((s for s in scales if s * short_side >= MIN_WINDOW_PX), reverse=True) or [max(scales)]
+    while True:
+        widen = 1.0
+        while True:
+            plan = [(s, min(size, max(1, round(size * stride * widen)))) for s in usable]
+            total = 0
+            for s, st in plan:
+                f = size / (s * short_side)
+                total += (_window_grid(max(size, round(short_side * f)), st, size)[0]
+                          * _window_grid(max(size, round(long_side * f)), st, size)[0])
+            if total <= max_windows:
+                return plan
+            if all(st >= size for _, st in plan):
+                break
+            widen *= 1.15
+        if len(usable) == 1:
+            return plan
+        usable = usable[:-1]
+
+
+@torch.no_grad()
+def locate(im: Image.Image, model: Classifier, target: str | None = None,
+           scales: list[float] = DEFAULT_SCALES, stride: float = DEFAULT_STRIDE,
+           photo_size: tuple[int, int] | None = None, top: int = 5, min_probability: float = 0.5,
+           max_windows: int = MAX_WINDOWS) -> Located:
+    """Score sliding windows over `im` and return the heat map and the best boxes.
+
+    `photo_size`: the photo's real (width, height) when `im` is a reduced decode of it; boxes
+    are given in those coordinates. Boxes are the windows left after non-maximum suppression
+    (IoU 0.3) with probability >= `min_probability`, at most `top` of them.
+    """
+    t0 = time.perf_counter()
+    target = target or model.positive
+    if target not in model.classes:
+        raise BirdcnnError(f"the model knows no class {target!r}; its classes: {', '.join(model.classes)}")
+    ci = model.classes.index(target)
+    size = model.input_size
+    W, H = photo_size or im.size
+    w, h = im.size
+    disp_scale = min(1.0, DISPLAY / max(w, h))
+    dw, dh = max(1, round(w * disp_scale)), max(1, round(h * disp_scale))
+    display = im.resize((dw, dh), Image.Resampling.BICUBIC, reducing_gap=3.0) if (dw, dh) != (w, h) else im
+    res = Located((W, H), target, display=display)
+
+    def score(windows: torch.Tensor) -> torch.Tensor:
+        # No flip averaging: it would double the cost, and overlapping windows average out noise.
+        return torch.softmax(model.logits(windows, tta="none") / model.temperature, 1)[:, ci]
+
+    res.whole_frame_probability = float(score(torch.from_numpy(np.array(fit_square(im, size)))[None])[0])
+
+    heat = torch.zeros(dh, dw)
+    all_boxes, all_scores = [], []
+    short, long_ = (min(W, H), max(W, H))
+    for s, st in plan_scales(short, long_, list(scales), stride, size, max_windows):
+        # Resize so the window (s x the shorter side) becomes exactly size x size pixels.
+        f = size / (s * min(w, h))
+        rw, rh = max(size, round(w * f)), max(size, round(h * f))
+        small = torch.from_numpy(np.array(im.resize((rw, rh), Image.Resampling.BICUBIC, reducing_gap=3.0)))
+        nx, ox = _window_grid(rw, st, size)
+        ny, oy = _window_grid(rh, st, size)
+        covered = small[oy:oy + (ny - 1) * st + size, ox:ox + (nx - 1) * st + size]
+        # (ny, nx, 3, size, size) -> (ny*nx, size, size, 3): every window, no Python loop.
+        windows = covered.unfold(0, size, st).unfold(1, size, st).permute(0, 1, 3, 4, 2).reshape(-1, size, size, 3)
+        p = score(windows)
+
+        # Heat: each window's score painted on the stride x stride cell at its centre (so a
+        # small bird stays a small hot spot), edges extended; the hottest scale wins per pixel.
+        cells = F.interpolate(p.float().view(1, 1, ny, nx), size=(ny * st, nx * st), mode="bilinear", align_corners=False)
+        cy, cx = oy + (size - st) // 2, ox + (size - st) // 2
+        cells = F.pad(cells, (cx, rw - cx - nx * st, cy, rh - cy - ny * st), mode="replicate")
+        heat = torch.maximum(heat, F.interpolate(cells, size=(dh, dw), mode="bilinear", align_corners=False)[0, 0])
+
+        # Window boxes in photo pixels.
+        gy, gx = torch.meshgrid(torch.arange(ny) * st + oy, torch.arange(nx) * st + ox, indexing="ij")
+        kx, ky = W / rw, H / rh
+        b = torch.stack([gx * kx, gy * ky, (gx + size) * kx, (gy + size) * ky], -1).reshape(-1, 4).float()
+        all_boxes.append(b)
+        all_scores.append(p.float())
+        res.scales.append({"scale": s, "window_px": round(size * kx), "stride_px": round(st * kx), "windows": len(p)})
+        res.windows += len(p)
+
+    boxes, scores = torch.cat(all_boxes), torch.cat(all_scores)
+    res.max_probability = float(scores.max())
+    for i in nms(boxes, scores, NMS_IOU)[:top].tolist():
+        if scores[i] >= min_probability:
+            x0, y0, x1, y1 = boxes[i].tolist()
+            res.boxes.append({"box": [max(0, round(x0)), max(0, round(y0)), min(W, round(x1)), min(H, round(y1))],
+                              "probability": round(float(scores[i]), 6)})
+    res.heat = heat.numpy()
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def photo_size(path: str | Path) -> tuple[int, int]:
+    """The photo's upright (width, height) from its header, without decoding it."""
+    with Image.open(path) as im:
+        w, h = im.size
+        orientation = im.getexif().get(0x0112, 1)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def locate_file(path: str | Path, model: Classifier, scales: list[float] = DEFAULT_SCALES, **kwargs) -> Located:
+    """`locate` on a photo file, decoding only as many pixels as the smallest window needs."""
+    t0 = time.perf_counter()
+    # Smallest window -> 32 px means the shorter side needs 32 / min(scale) pixels; at least
+    # 512 so the heat-map picture stays sharp.
+    need = max(512, math.ceil(model.input_size / min(scales)))
+    im = open_image(path, min_size=need)
+    try:
+        size = photo_size(path)
+    except (OSError, ValueError, SyntaxError):  # open_image succeeded: only an odd header ends here
+        size = im.size
+    res = locate(im, model, scales=scales, photo_size=size, **kwargs)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def save_heatmap(res: Located, out: str | Path, title: str = "") -> Path:
+    """The photo with the heat map over it and the boxes drawn, as a PNG. `title`: a prefix."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    out = Path(out)
+    W, H = res.size
+    dw, dh = res.display.size
+    fig, ax = plt.subplots(figsize=(max(4.0, 8 * dw / max(dw, dh)) + 1.2, max(3.0, 8 * dh / max(dw, dh)) + 0.6), dpi=110)
+    ax.imshow(res.display, extent=(0, W, H, 0))
+    # Colour and opacity both follow the heat, so cold regions keep the photo visible.
+    rgba = plt.get_cmap("inferno")(res.heat)
+    rgba[..., 3] = 0.75 * res.heat
+    ax.imshow(rgba, extent=(0, W, H, 0))
+    shown = plt.cm.ScalarMappable(plt.Normalize(0, 1), "inferno")
+    for rank, b in enumerate(res.boxes):
+        x0, y0, x1, y1 = b["box"]
+        colour = "cyan" if rank == 0 else "lime"
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=2.5 if rank == 0 else 1.5))
+        ax.text(x0, y0, f"{res.target} {100 * b['probability']:.0f}%", color="black", fontsize=9, va="bottom",
+                bbox={"facecolor": colour, "edgecolor": "none", "pad": 1.5})
+    ax.set_axis_off()
+    ax.set_title(f"{title + ': ' if title else ''}{res.target} in the best window {100 * res.max_probability:.1f}%, "
+                 f"whole frame {100 * res.whole_frame_probability:.1f}% ({res.windows} windows)", fontsize=10)
+    fig.colorbar(shown, ax=ax, fraction=0.035, pad=0.02, label=f"{res.target} probability of the window centred here")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp)
+        tmp.replace(out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE", help="a photo (JPEG, PNG, WebP, GIF, BMP, TIFF), 64 px to 24 MP or more")
+    p.add_argument("--out", metavar="PNG", help="heat-map picture to write (default: runs/locate-DATE/NAME.png)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"boxes": [{"box": [x0, y0, x1, y1], "probability"}...], ...} in photo pixels')
+    p.add_argument("--stride", type=float, default=DEFAULT_STRIDE, metavar="S",
+                   help=f"step between windows as a fraction of the window (default {DEFAULT_STRIDE})")
+    p.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES), metavar="F",
+                   help="window sides as fractions of the photo's shorter side (default "
+                        f"{' '.join(map(str, DEFAULT_SCALES))})")
+    p.add_argument("--for", dest="target", metavar="CLASS", help="class to locate (default: the model's positive class)")
+    p.add_argument("--min-probability", type=float, default=0.5, metavar="P", help="smallest box probability (default 0.5)")
+    p.add_argument("--top", type=int, default=5, metavar="K", help="at most this many boxes (default 5)")
+    p.add_argument("--model", help="model file (.json/.safetensors or a run folder; default: the shipped model)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.stride <= 1:
+        raise BirdcnnError(f"--stride must be in (0, 1] (a fraction of the window), not {args.stride}")
+    if any(not 0 < s <= 1 for s in args.scales):
+        raise BirdcnnError("--scales must be fractions of the photo's shorter side, in (0, 1]")
+    if not 0 <= args.min_probability <= 1:
+        raise BirdcnnError(f"--min-probability must be between 0 and 1, not {args.min_probability}")
+    if args.top < 1:
+        raise BirdcnnError("--top must be at least 1")
+    model = load_model(args.model)
+    res = locate_file(args.image, model, scales=args.scales, target=args.target, stride=args.stride,
+                      top=args.top, min_probability=args.min_probability)
+    from .train import default_run_dir
+
+    out = Path(args.out) if args.out else default_run_dir("locate") / f"{Path(args.image).stem}.png"
+    save_heatmap(res, out, title=Path(args.image).name)
+    if args.json:
+        json.dump({"image": str(args.image), **res.to_json(), "heatmap": str(out)}, sys.stdout, indent=2)
+        print()
+    else:
+        W, H = res.size
+        print(f"{args.image} ({W}x{H}): best {res.target} window {100 * res.max_probability:.1f}%, "
+              f"whole frame {100 * res.whole_frame_probability:.1f}% ({res.windows} windows, {res.seconds:.1f} s)")
+        for b in res.boxes:
+            print(f"  {100 * b['probability']:5.1f}%  box {b['box']}")
+        if not res.boxes:
+            print(f"  no region reaches {args.min_probability:.2f}")
+        print(f"heat map: {out}")
+    return 0

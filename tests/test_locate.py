@@ -1,0 +1,126 @@
+"""`birdcnn locate`: sliding windows on real photos, from 64 px to 24 MP."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.ops import box_iou
+
+from birdcnn.cli import main
+from birdcnn.locate import MAX_WINDOWS, MIN_WINDOW_PX, locate, locate_file, plan_scales
+from birdcnn.modelfile import default_model_path, load_model
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return load_model(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def big_photo(tmp_path_factory, photos) -> Path:
+    """A real 24 MP JPEG (a shared photo enlarged to 6000x4000)."""
+    path = tmp_path_factory.mktemp("big") / "big.jpg"
+    Image.open(photos / "bird" / "magpie.jpg").convert("RGB").resize((6000, 4000), Image.Resampling.BILINEAR).save(path, quality=85)
+    return path
+
+
+@pytest.mark.parametrize("w,h", [(64, 64), (100, 64), (6000, 4000), (8000, 600), (8000, 300), (32, 32)])
+def test_window_count_is_bounded(w, h):
+    plan = plan_scales(min(w, h), max(w, h), [0.8, 0.5, 0.33, 0.22, 0.15], 0.25)
+    total = 0
+    for s, st in plan:
+        f = 32 / (s * min(w, h))
+        nx = (max(32, round(w * f)) - 32) // st + 1
+        ny = (max(32, round(h * f)) - 32) // st + 1
+        total += nx * ny
+        assert s * min(w, h) >= MIN_WINDOW_PX or len(plan) == 1
+    assert 1 <= total <= MAX_WINDOWS
+
+
+def test_small_and_huge_photos(model, cifar_small, big_photo):
+    small = Image.open(sorted((cifar_small / "test" / "bird").glob("*.jpg"))[0]).convert("RGB").resize((64, 64))
+    r = locate(small, model, min_probability=0)
+    assert r.size == (64, 64) and 0 < r.windows <= MAX_WINDOWS
+    assert all(s["window_px"] >= MIN_WINDOW_PX for s in r.scales) and len(r.scales) < 5  # tiny windows dropped
+
+    r = locate_file(big_photo, model, min_probability=0)
+    assert r.size == (6000, 4000) and 0 < r.windows <= MAX_WINDOWS and len(r.scales) == 5
+    assert max(r.display.size) <= 1024 and r.heat.shape == r.display.size[::-1]
+    assert 0 <= r.heat.min() and r.heat.max() <= 1
+    for b in r.boxes:
+        x0, y0, x1, y1 = b["box"]
+        assert 0 <= x0 < x1 <= 6000 and 0 <= y0 < y1 <= 4000
+    # Window sides are fractions of the photo's shorter side, in photo pixels.
+    assert [s["window_px"] for s in r.scales] == pytest.approx([0.8 * 4000, 0.5 * 4000, 0.33 * 4000, 0.22 * 4000, 0.15 * 4000], rel=0.02)
+
+
+def test_boxes_are_in_photo_coordinates(model, photos):
+    """A reduced decode reports boxes in the real photo's pixels: exactly scaled up."""
+    im = Image.open(photos / "bird" / "crane.jpg").convert("RGB")
+    a = locate(im, model, scales=[0.5, 0.3], min_probability=0, top=20)
+    b = locate(im, model, scales=[0.5, 0.3], min_probability=0, top=20, photo_size=(im.width * 4, im.height * 4))
+    assert len(a.boxes) == len(b.boxes) > 1
+    for p, q in zip(a.boxes, b.boxes):
+        assert q["probability"] == p["probability"]
+        assert np.allclose(q["box"], np.array(p["box"]) * 4, atol=4)
+
+
+def test_cli_json_and_heatmap(tiny_model, photos, tmp_path, capsys):
+    out = tmp_path / "heat" / "magpie.png"
+    photo = photos / "bird" / "magpie.jpg"
+    code = main(["locate", str(photo), "--model", str(tiny_model), "--json", "--out", str(out),
+                 "--min-probability", "0", "--top", "3", "--scales", "0.5", "0.3", "--stride", "0.5"])
+    res = json.loads(capsys.readouterr().out)
+    assert code == 0 and res["heatmap"] == str(out) and res["size"] == list(Image.open(photo).size)
+    assert len(res["boxes"]) == 3 and [s["scale"] for s in res["scales"]] == [0.5, 0.3]
+    assert res["windows"] == sum(s["windows"] for s in res["scales"])
+    probs = [b["probability"] for b in res["boxes"]]
+    assert probs == sorted(probs, reverse=True) and probs[0] == pytest.approx(res["max_probability"], abs=1e-6)
+    png = Image.open(out)
+    assert png.format == "PNG" and min(png.size) > 300
+
+
+def test_cli_errors(tiny_model, tmp_path, capsys):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    for args, msg in [([str(text)], "not an image"), ([str(tmp_path / "gone.jpg")], "no such file"),
+                      ([str(text), "--stride", "0"], "--stride"), ([str(text), "--scales", "2"], "--scales"),
+                      ([str(text), "--for", "pelican"], None)]:
+        code = main(["locate", *args, "--model", str(tiny_model), "--out", str(tmp_path / "x.png")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert msg is None or msg in err
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.fixture(scope="module")
+def bird_model():
+    """The shipped model (the fixture's tiny model does not really recognise birds: its
+    background windows score as high as birds). It ships in the package, so it must be there."""
+    assert default_model_path().exists(), "the shipped default model is missing from the package"
+    return load_model()
+
+
+def test_finds_a_pasted_bird(bird_model, cifar_small, photos, scene="television"):
+    # The CIFAR-10 test bird this model is surest of on its own: the test is about finding it.
+    birds = sorted((cifar_small / "test" / "bird").glob("*.jpg"))
+    alone = bird_model.probabilities(np.stack([np.array(Image.open(p).convert("RGB")) for p in birds]))
+    bird = Image.open(birds[int(alone[:, bird_model.positive_index].argmax())]).convert("RGB")
+
+    base = Image.open(photos / "not_bird" / f"{scene}.jpg").convert("RGB").resize((720, 480), Image.Resampling.BICUBIC)
+    pasted = base.copy()
+    x, y, s = 430, 90, 96  # a bird a fifth of the photo's height, off-centre
+    pasted.paste(bird.resize((s, s), Image.Resampling.BICUBIC), (x, y))
+    scales = [0.5, 0.3, 0.2]  # around the bird's size: keeps the test fast
+    found = locate(pasted, bird_model, scales=scales, min_probability=0)
+    empty = locate(base, bird_model, scales=scales, min_probability=0)
+    iou = box_iou(torch.tensor([found.boxes[0]["box"]], dtype=torch.float), torch.tensor([[x, y, x + s, y + s]], dtype=torch.float))
+    assert float(iou) >= 0.3, (found.boxes[0], (x, y, s))
+    assert empty.max_probability < found.max_probability
+    # The heat map is hottest around the bird.
+    hx, hy = (x + s // 2) * found.heat.shape[1] // 720, (y + s // 2) * found.heat.shape[0] // 480
+    assert found.heat[hy, hx] > np.percentile(found.heat, 90)
