@@ -227,3 +227,11 @@ def test_default_model_finds_birds(cifar_small):
     assert r.scored == 200 and is_bird.sum() == 20
     assert average_precision(is_bird, probs) > 0.5  # chance: 0.1
     assert is_bird[:10].sum() >= 5  # the ten most confident: mostly birds (chance: 1)
+
+
+def test_folder_without_photos_is_an_error(tiny_model, tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no photos here")
+    assert main(["search", str(tmp_path), "--model", str(tiny_model)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no photos found" in err and str(tmp_path) in err

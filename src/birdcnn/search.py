@@ -509,6 +509,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     r = search(args.folder, model, args.target, args.min_probability, args.workers, args.output,
                args.resume, args.crops)
+    if r.summary()["scanned"] == 0 and not r.failed and not r.interrupted:
+        raise BirdcnnError(f"{args.folder}: no photos found ({', '.join(sorted(IMAGE_SUFFIXES))}, searched recursively)")
     if args.json:
         json.dump({"matches": [{"path": p, "probability": round(q, 6)} for p, q in r.matches], "summary": r.summary()},
                   sys.stdout, indent=2)
