@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from birdcnn.cli import main
@@ -24,7 +24,7 @@ OTHERS = ["airplane", "automobile", "cat", "dog", "frog", "ship", "truck"]
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory, cifar_small, photos) -> dict:
     """CIFAR-10 birds and non-birds (the tiny model's own training images) in nested folders,
-    two real photos, a symlink loop back to the top, and three broken "JPEGs"."""
+    two real photos, a symlink loop back to the top, and four broken "JPEGs" (one a dangling link)."""
     root = tmp_path_factory.mktemp("library")
     birds = sorted((cifar_small / "train" / "bird").glob("*.jpg"))[:20]
     others = [p for c in OTHERS for p in sorted((cifar_small / "train" / c).glob("*.jpg"))[:4]]
@@ -46,9 +46,10 @@ def collection(tmp_path_factory, cifar_small, photos) -> dict:
     (bad / "notes.jpg").write_text("shopping list: seeds, more seeds\n")
     (bad / "empty.jpg").write_bytes(b"")
     (bad / "readme.txt").write_text("not an image, ignored")
+    (bad / "moved.jpg").symlink_to(root / "no-longer-here.jpg")
     good = {str(p) for p in root.rglob("*.jpg") if "loop" not in p.parts and p.parent != bad}
     return {"root": root, "good": good, "birds": {str(p) for p in root.rglob("bird_*.jpg") if "loop" not in p.parts},
-            "bad": {str(bad / n) for n in ("corrupt.jpg", "notes.jpg", "empty.jpg")}}
+            "bad": {str(bad / n) for n in ("corrupt.jpg", "notes.jpg", "empty.jpg", "moved.jpg")}}
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -61,7 +62,7 @@ def test_walk_reports_loop_and_finds_every_image_once(collection):
     items = list(walk_images(collection["root"]))
     paths = [i for i in items if isinstance(i, str)]
     skipped = [i for i in items if isinstance(i, Skipped)]
-    assert len(paths) == len(set(paths)) == len(collection["good"]) + 3
+    assert len(paths) == len(set(paths)) == len(collection["good"]) + 4
     assert set(paths) == collection["good"] | collection["bad"]
     assert [s.path for s in skipped] == [str(collection["root"] / "2024" / "misc" / "loop")]
     assert "loop" in skipped[0].problem and not skipped[0].serious
@@ -73,11 +74,11 @@ def test_search_json_finds_birds_and_reports_bad_files(collection, tiny_model, c
     assert code == 1  # some photos failed
     res = json.loads(out)
     s = res["summary"]
-    assert s["scanned"] == len(collection["good"]) + 3
+    assert s["scanned"] == len(collection["good"]) + 4
     assert s["scored"] == s["matched"] == len(collection["good"])
-    assert s["failed"] == 3
+    assert s["failed"] == 4
     assert {f["path"] for f in s["failures"]} == collection["bad"]
-    assert s["failure_reasons"] == {"empty file": 1, "not an image": 1, "corrupt image": 1}
+    assert s["failure_reasons"] == {"empty file": 1, "not an image": 1, "corrupt image": 1, "broken symbolic link": 1}
     assert "loop" in s["skipped"][0]["problem"]
     probs = [m["probability"] for m in res["matches"]]
     assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
@@ -105,6 +106,10 @@ def test_other_class_and_unknown_class(collection, tiny_model, capsys):
     assert r.target == "airplane" and len(r.matches) == len(OTHERS) * 4
     probs = model.probabilities(np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in r.matches]))
     assert [p for _, p in r.matches] == pytest.approx(probs[:, model.classes.index("airplane")], abs=1e-5)
+    once = search(collection["root"] / "2024" / "misc" / "deeper", model, min_probability=0.0, workers=0, tta=False)
+    x = np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in once.matches])
+    expected = torch.softmax(model.logits(x, tta="none") / model.temperature, 1)[:, model.positive_index]
+    assert [p for _, p in once.matches] == pytest.approx(expected.tolist(), abs=1e-5)
     code, out, err = run_cli(["search", str(collection["root"]), "--model", str(tiny_model), "--for", "pelican"], capsys)
     assert code == 2 and err.count("\n") == 1 and "no class 'pelican'" in err and "airplane" in err
 
@@ -131,7 +136,7 @@ def test_resume_after_truncated_jsonl(collection, tiny_model, tmp_path, capsys):
     lines = log.read_text().splitlines()
     header, records = json.loads(lines[0]), [json.loads(x) for x in lines[1:]]
     assert header["format"] == "birdcnn-search" and header["class"] == "bird"
-    assert len(records) == len(collection["good"]) + 3
+    assert len(records) == len(collection["good"]) + 4
     # Simulate kill -9 mid-write: 10 complete photo lines, then half a line.
     keep = lines[:11]
     log.write_text("\n".join(keep) + "\n" + lines[11][: len(lines[11]) // 2])

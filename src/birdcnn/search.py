@@ -142,7 +142,7 @@ def _worker_init() -> None:
 class ResultLog:
     """Append-only JSON lines: a header line, then one line per photo, flushed as written.
 
-    Header: {"format": "birdcnn-search", "folder", "root", "model", "class", "crops"}.
+    Header: {"format": "birdcnn-search", "folder", "root", "model", "class", "crops", "tta"}.
     Photo:  {"path", "probability"} or {"path", "error"}.
     """
 
@@ -181,7 +181,8 @@ class ResultLog:
             old = None
         if not isinstance(old, dict) or old.get("format") != LOG_FORMAT:
             raise BirdcnnError(f"{self.path}: not a birdcnn search results file (no header line)")
-        for key, what in (("root", "folder"), ("model", "model"), ("class", "class"), ("crops", "--crops setting")):
+        for key, what in (("root", "folder"), ("model", "model"), ("class", "class"), ("crops", "--crops setting"),
+                          ("tta", "--no-tta setting")):
             if old.get(key) != header[key]:
                 raise BirdcnnError(f"{self.path}: written for another {what} ({old.get(key)!r}, now {header[key]!r}); "
                                    "use a new --output file")
@@ -312,14 +313,16 @@ class _InProcess:
 def search(folder: str | os.PathLike, model: "Classifier", target: str | None = None,
            min_probability: float | None = None, workers: int | None = None,
            output: str | os.PathLike | None = None, resume: bool = False, crops: bool = False,
-           progress: bool | None = None) -> SearchResult:
+           progress: bool | None = None, tta: bool = True) -> SearchResult:
     """Score every photo under `folder` for class `target` (default: the model's positive class).
 
     A photo's probability is the calibrated probability of `target` for the whole frame, or with
     `crops` the largest over the whole frame, the four quadrants and the centre. Photos with
     probability >= `min_probability` (default: the model's threshold) are the matches.
-    `progress`: None shows a bar only when stderr is a terminal. Ctrl-C stops cleanly: the
-    result says `interrupted` and holds everything scored until then.
+    `progress`: None shows a bar only when stderr is a terminal. `tta=False` skips the model's
+    test-time flip averaging (half the network work; probabilities differ slightly from
+    `predict`). Ctrl-C stops cleanly: the result says `interrupted` and holds everything
+    scored until then.
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
@@ -335,7 +338,8 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     log = None
     if output is not None:
         header = {"format": LOG_FORMAT, "folder": folder, "root": os.path.realpath(folder),
-                  "model": model.meta.get("weights_sha256", ""), "class": target, "crops": bool(crops)}
+                  "model": model.meta.get("weights_sha256", ""), "class": target, "crops": bool(crops),
+                  "tta": model.tta if tta else "none"}
         log = ResultLog(output, header, resume)
         result.resumed = len(log.done)
         result.matches = [(os.path.join(folder, rel), p) for rel, p in log.done.items() if p >= min_probability]
@@ -362,7 +366,10 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
 
     def score(batch: list[tuple[str, np.ndarray]]) -> None:
         views = np.concatenate([v for _, v in batch])
-        probs = model.probabilities(views)[:, ci]
+        if tta:
+            probs = model.probabilities(views)[:, ci]
+        else:
+            probs = torch.softmax(model.logits(views, tta="none") / model.temperature, 1)[:, ci].numpy()
         at = 0
         for path, v in batch:
             p = float(probs[at:at + len(v)].max())
@@ -493,6 +500,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="decoding processes (default: one per CPU core; 0: none)")
     p.add_argument("--output", metavar="FILE.jsonl", help="append one JSON line per photo as it is scored")
     p.add_argument("--resume", action="store_true", help="continue the search recorded in --output, skipping photos already scored")
+    p.add_argument("--no-tta", action="store_true",
+                   help="score each photo once, without the model's flip averaging: ~1.3x faster on CPU, "
+                        "probabilities differ slightly from 'birdcnn predict'")
     p.add_argument("--crops", action="store_true",
                    help="also score the four quadrants and the centre, keep the highest (finds small birds; ~6x the network work)")
 
@@ -508,7 +518,7 @@ def run(args: argparse.Namespace) -> int:
         raise BirdcnnError("--workers must be 0 or more")
     model = load_model(args.model)
     r = search(args.folder, model, args.target, args.min_probability, args.workers, args.output,
-               args.resume, args.crops)
+               args.resume, args.crops, tta=not args.no_tta)
     if r.summary()["scanned"] == 0 and not r.failed and not r.interrupted:
         raise BirdcnnError(f"{args.folder}: no photos found ({', '.join(sorted(IMAGE_SUFFIXES))}, searched recursively)")
     if args.json:
