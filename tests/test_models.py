@@ -102,3 +102,24 @@ def test_whitening_init_whitens_image_patches(arch, images):
     assert big.sum() >= 6 and torch.allclose(cov.diagonal()[big], torch.ones(int(big.sum()), dtype=torch.float64), atol=0.02)
     # ... while the raw patches are far from white (neighbouring pixels are strongly correlated).
     assert (raw_cov - torch.eye(12, dtype=torch.float64)).abs().max() > 0.5
+
+
+def test_test_time_views_average_the_mirrored_and_shifted_images(tiny_model, cifar_small):
+    """'flip' averages an image and its mirror; 'flip-translate' also the image moved one pixel
+    up-left and down-right (reflect padding), weighted 1/2, 1/4, 1/4 as in airbench."""
+    from birdcnn.modelfile import load_model
+    import torch.nn.functional as F
+
+    clf = load_model(tiny_model)
+    clf.bf16 = False
+    u8 = load_split(cifar_small, "test").images[:6]
+    x = clf.prepare(u8)
+    with torch.no_grad():
+        def mirrored(v):
+            return 0.5 * (clf.net(v) + clf.net(v.flip(-1)))
+        p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        expect_flip = mirrored(x)
+        expect_ft = 0.5 * expect_flip + 0.25 * (mirrored(p[..., :32, :32]) + mirrored(p[..., 2:, 2:]))
+    assert torch.allclose(clf.logits(u8, tta="flip"), expect_flip, atol=1e-5)
+    assert torch.allclose(clf.logits(u8, tta="flip-translate"), expect_ft, atol=1e-5)
+    assert not torch.allclose(expect_ft, expect_flip, atol=1e-3)  # the shifted views do count

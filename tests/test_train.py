@@ -220,3 +220,26 @@ def test_bad_train_requests_are_one_line_errors(case, cifar_small, tmp_path, cap
     assert err.startswith("birdcnn train: error: ") and err.count("\n") == 1 and words in err, err
     assert not marker.exists()  # the checkpoint was not unpickled
     assert not (out / "model.json").exists()
+
+
+def test_lookahead_pulls_weights_and_batchnorm_statistics_towards_their_average():
+    from birdcnn.models import build
+    from birdcnn.train import Lookahead
+
+    torch.manual_seed(0)
+    net = build("tiny", 10)
+    la = Lookahead(net)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for v in net.state_dict().values():
+            if v.is_floating_point():
+                v.add_(1.0)
+    la.update(net, decay=0.75)  # average = 0.75 * start + 0.25 * (start + 1), copied into the net
+    now = net.state_dict()
+    for k, v in start.items():
+        if v.is_floating_point():
+            assert torch.allclose(now[k], v + 0.25), k
+            assert torch.allclose(la.avg[k], now[k]), k
+        else:
+            assert torch.equal(now[k], v), k  # integer counters are left alone
+    assert any("running_mean" in k for k in la.avg)

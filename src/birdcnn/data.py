@@ -177,12 +177,12 @@ def download(url: str, dest: Path, md5: str) -> Path:
 
 # ---------------------------------------------------------------- class folders
 
-def _class_names(*roots: Path) -> list[str]:
+def class_names(*roots: Path) -> list[str]:
     return sorted({d.name for r in roots for d in r.iterdir() if d.is_dir() and not d.name.startswith(".")})
 
 
-def _list_class_folder(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
-    classes = classes or _class_names(root)
+def list_class_folder(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    classes = classes or class_names(root)
     files: list[tuple[Path, int]] = []
     for i, c in enumerate(classes):
         for dirpath, dirnames, filenames in os.walk(root / c):
@@ -234,8 +234,8 @@ class _Serial:
         return map(fn, it)
 
 
-def _load_class_folder(root: Path, size: int, classes: list[str] | None = None) -> Dataset:
-    found, files = _list_class_folder(root, classes)
+def _load_class_folder(root: Path, classes: list[str] | None, size: int) -> Dataset:
+    found, files = list_class_folder(root, classes)
     if not files:
         raise DataError(f"{root}: no images found (expected class sub-folders such as {root}/bird/*.jpg)")
     listing = "\n".join(f"{p.relative_to(root)}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}\t{y}" for p, y in files)
@@ -300,41 +300,74 @@ def _is_cifar_folder(folder: Path) -> Path | None:
     return None
 
 
-def load_split(source: str | Path, split: str = "train", size: int = 32) -> Dataset:
-    """Load `split` ("train" or "test") of a data source as a `Dataset` of size x size images.
+CIFAR_BATCH_FILES = ("data_batch_", "test_batch", "batches.meta", "readme.html")  # the official archive
 
-    A class folder without train/ and test/ sub-folders is used whole for either split.
-    """
-    if split not in ("train", "test"):
-        raise ValueError(split)
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """What a `--data` source is, found without decoding an image (shared by train and evaluate)."""
+
+    kind: str                    # "cifar-archive", "cifar-folder" or "class-folders"
+    path: Path                   # the archive, the folder of CIFAR batches, or the folder of class folders
+    split_folders: bool = False  # class folders with train/ and test/ sub-folders
+
+    @property
+    def has_test_split(self) -> bool:
+        return self.kind != "class-folders" or self.split_folders
+
+    def class_folder(self, split: str) -> tuple[Path, list[str]]:
+        """(folder of class folders for `split`, class names); both splits share one class list,
+        so a class missing from test/ cannot shift the labels."""
+        if not self.split_folders:
+            return self.path, class_names(self.path)
+        return self.path / split, class_names(self.path / "train", self.path / "test")
+
+
+def resolve_source(source: str | Path | ResolvedSource) -> ResolvedSource:
+    """Find what `source` is: ``cifar10`` (downloaded), a CIFAR archive or folder, or class folders
+    (a folder or a .tar/.tar.gz of one, extracted once into the cache)."""
+    if isinstance(source, ResolvedSource):
+        return source
     if str(source) == "cifar10":
-        path = download(CIFAR10_URL, cache_dir() / "cifar-10-python.tar.gz", CIFAR10_MD5)
-        return _check_size(_load_cifar_archive(path, split), size, source)
+        return ResolvedSource("cifar-archive", download(CIFAR10_URL, cache_dir() / "cifar-10-python.tar.gz", CIFAR10_MD5))
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder (use 'cifar10' to download CIFAR-10)")
     if path.is_file():
         if not tarfile.is_tarfile(path):
             raise DataError(f"{path}: not a folder or a .tar/.tar.gz archive")
-        with tarfile.open(path) as tar:
-            try:
-                is_cifar = any(Path(n).name == "data_batch_1" or Path(n).name == "test_batch" for n in tar.getnames())
-            except (tarfile.TarError, OSError, EOFError) as e:
-                raise DataError(f"{path}: corrupt or truncated archive ({e})") from None
-        if is_cifar:
-            return _check_size(_load_cifar_archive(path, split), size, source)
+        try:
+            with tarfile.open(path) as tar:
+                # The first file tells: listing all 60,000 names of a JPEG tar would take seconds.
+                first = next((m for m in tar if m.isfile()), None)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"{path}: corrupt or truncated archive ({e})") from None
+        if first is not None and Path(first.name).name.startswith(CIFAR_BATCH_FILES):
+            return ResolvedSource("cifar-archive", path)
         path = _folder_root(_extract_archive(path))
     if not path.is_dir():
         raise DataError(f"{path}: not a folder")
     if (cifar := _is_cifar_folder(path)) is not None:
-        return _check_size(_load_cifar_folder(cifar, split), size, source)
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        # Both splits share one class list, so a class missing from test/ cannot shift the labels.
-        return _load_class_folder(path / split, size, _class_names(path / "train", path / "test"))
-    return _load_class_folder(path, size)
+        return ResolvedSource("cifar-folder", cifar)
+    return ResolvedSource("class-folders", path, (path / "train").is_dir() and (path / "test").is_dir())
 
 
-def _check_size(ds: Dataset, size: int, source) -> Dataset:
+def load_split(source: str | Path | ResolvedSource, split: str = "train", size: int = 32) -> Dataset:
+    """Load `split` ("train" or "test") of a data source as a `Dataset` of size x size images.
+
+    A class folder without train/ and test/ sub-folders is used whole for either split.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(split)
+    r = resolve_source(source)
+    if r.kind == "cifar-archive":
+        return _check_size(_load_cifar_archive(r.path, split), size)
+    if r.kind == "cifar-folder":
+        return _check_size(_load_cifar_folder(r.path, split), size)
+    return _load_class_folder(*r.class_folder(split), size)
+
+
+def _check_size(ds: Dataset, size: int) -> Dataset:
     if ds.images.shape[1] != size:
         import torch
         import torch.nn.functional as F

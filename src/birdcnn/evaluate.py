@@ -15,7 +15,6 @@ import argparse
 import json
 import re
 import sys
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,6 @@ from .errors import BirdcnnError, DataError
 from .modelfile import Classifier, load_model
 
 CHUNK = 2000  # images decoded and classified at a time
-CIFAR_BATCH_FILES = ("data_batch_", "test_batch", "batches.meta", "readme.html")  # the official archive
 GROUPS = ("tp", "tn", "fp", "fn")  # the four galleries: true/false positives/negatives
 
 
@@ -67,41 +65,15 @@ def open_source(source: str, size: int = 32) -> Source:
     CIFAR-10 batches are loaded whole (10,000 images, 30 MB); folders of class folders (or a
     tar of them) are listed now and decoded chunk by chunk while iterating.
     """
-    root, split = _class_folder_root(source)
-    if root is None:
-        ds = D.load_split(source, "test", size)
+    r = D.resolve_source(source)
+    if r.kind != "class-folders":
+        ds = D.load_split(r, "test", size)
         return Source(str(source), "test", list(ds.classes), len(ds), _dataset=ds, size=size)
-    classes, files = D._list_class_folder(root)
+    root, classes = r.class_folder("test")
+    classes, files = D.list_class_folder(root, classes)
     if not files:
         raise DataError(f"{root}: no images found (expected class sub-folders such as {root}/bird/*.jpg)")
-    return Source(str(source), split, classes, len(files), _files=files, size=size)
-
-
-def _class_folder_root(source: str) -> tuple[Path | None, str]:
-    """(folder of class folders, "test" or "all"), or (None, "test") for CIFAR-10 python batches."""
-    if str(source) == "cifar10":
-        return None, "test"
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder (use 'cifar10' to download CIFAR-10)")
-    if path.is_file():
-        if not tarfile.is_tarfile(path):
-            raise DataError(f"{path}: not a folder or a .tar/.tar.gz archive")
-        try:
-            with tarfile.open(path) as tar:
-                # The first file tells (listing all 60,000 names of a JPEG tar takes seconds); a wrong
-                # guess costs only streaming, as load_split checks properly.
-                first = next((m for m in tar if m.isfile()), None)
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(f"{path}: corrupt or truncated archive ({e})") from None
-        if first is not None and Path(first.name).name.startswith(CIFAR_BATCH_FILES):
-            return None, "test"
-        path = D._folder_root(D._extract_archive(path))
-    if D._is_cifar_folder(path) is not None:
-        return None, "test"
-    if (path / "test").is_dir():
-        return path / "test", "test"
-    return path, "all"
+    return Source(str(source), "test" if r.split_folders else "all", classes, len(files), _files=files, size=size)
 
 
 # ---------------------------------------------------------------- gallery candidates

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
@@ -23,6 +24,8 @@ from .models import build
 
 FORMAT = "birdcnn-model"
 FORMAT_VERSION = 1
+
+TTA_MODES = ("none", "flip", "flip-translate")
 
 
 def default_model_path() -> Path:
@@ -87,6 +90,8 @@ def read_metadata(path: str | Path) -> dict:
         raise ModelFileError(json_path, f"positive class {meta['positive']!r} is not among the model's classes")
     if not all(isinstance(meta[k], list) and len(meta[k]) == 3 for k in ("mean", "std")):
         raise ModelFileError(json_path, "metadata 'mean' and 'std' are not three numbers (R, G, B) each")
+    if meta.get("tta", "none") not in TTA_MODES:
+        raise ModelFileError(json_path, f"unknown test-time augmentation {meta['tta']!r} (known: {', '.join(TTA_MODES)})")
     return meta
 
 
@@ -149,17 +154,27 @@ class Classifier:
         # bf16 on CPU: ~2x faster; measured to change test accuracy by < 0.05% (docs/RESULTS.md).
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16 and self.device.type in ("cpu", "cuda"))
 
+    def _mirrored(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.net(x).float() + self.net(x.flip(-1)).float())
+
     @torch.no_grad()
     def logits(self, images: np.ndarray | torch.Tensor, batch_size: int = 500, tta: str | None = None) -> torch.Tensor:
-        """Raw (uncalibrated) float32 logits, with test-time flip averaging when the model uses it."""
+        """Raw (uncalibrated) float32 logits, averaged over the model's test-time views (`tta`:
+        "none", "flip" or "flip-translate")."""
         tta = self.tta if tta is None else tta
         out = []
         for i in range(0, len(images), batch_size):
             x = self.prepare(images[i:i + batch_size])
             with self._autocast():
-                y = self.net(x).float()
-                if tta == "flip":
-                    y = 0.5 * (y + self.net(x.flip(-1)).float())
+                if tta == "none":
+                    y = self.net(x).float()
+                else:
+                    y = self._mirrored(x)
+                if tta == "flip-translate":
+                    # airbench's 6-view TTA: also the image moved one pixel up-left and down-right.
+                    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+                    h, w = x.shape[-2:]
+                    y = 0.5 * y + 0.25 * (self._mirrored(p[..., :h, :w]) + self._mirrored(p[..., 2:, 2:]))
             out.append(y)
         if not out:
             return torch.empty(0, len(self.classes))

@@ -109,6 +109,7 @@ class FastNet(nn.Sequential):
             Scale(1 / 9),  # small logits at init: lets the high learning rate start stable
         )
         self[0].weight.requires_grad = False
+        nn.init.zeros_(self[0].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The whitening layer runs in float32 even under bf16 autocast: its filters scale the

@@ -36,10 +36,11 @@ RECIPES: dict[str, dict] = {
     # translate, test-time flip averaging.
     "fast": dict(classes="all", optimizer="sgd", epochs=10.0, batch_size=1024, lr=11.5, momentum=0.85,
                  weight_decay=0.0153, bias_scaler=64.0, label_smoothing=0.2, tta="flip",
+                 lookahead=dict(start_epoch=3, every=5, decay=0.95, power=3.0), alternating_flip=True,
                  augment=dict(flip=True, shift=2, rotate=0.0, blur=0.0)),
     # The original article: Adam 1e-3, batch 96, flips, +-25 degree rotations, blur; bird vs not-bird.
     "article": dict(classes="binary", optimizer="adam", epochs=15.0, batch_size=96, lr=1e-3, momentum=0.0,
-                    weight_decay=0.0, bias_scaler=1.0, label_smoothing=0.0, tta="none",
+                    weight_decay=0.0, bias_scaler=1.0, label_smoothing=0.0, tta="none", lookahead=None,
                     augment=dict(flip=True, shift=0, rotate=25.0, blur=3.0)),
 }
 RECIPES["tiny"] = dict(RECIPES["fast"], batch_size=256)
@@ -87,17 +88,14 @@ class TrainConfig:
 
 def prepare_data(cfg: TrainConfig) -> tuple[D.Dataset, D.Dataset, D.Dataset | None]:
     """(train, validation, test-or-None) with the positive class applied."""
-    full = D.load_split(cfg.data, "train")
+    source = D.resolve_source(cfg.data)
+    full = D.load_split(source, "train")
     test = None
-    try:
-        src = Path(cfg.data)
-        has_test = str(cfg.data) == "cifar10" or src.is_file() or (src / "test").is_dir() or D._is_cifar_folder(src) is not None
-        if has_test:
-            test = D.load_split(cfg.data, "test")
-            if test.fingerprint == full.fingerprint:
-                test = None  # no separate split
-    except DataError:
-        test = None
+    if source.has_test_split:
+        try:
+            test = D.load_split(source, "test")
+        except DataError as e:  # training needs no test split: go on without the final test figures
+            print(f"warning: no test split ({e})", file=sys.stderr)
     if cfg.positive not in full.classes:
         raise DataError(f"positive class {cfg.positive!r} is not among the data's classes: {', '.join(full.classes)}")
     if full.skipped:
@@ -147,6 +145,24 @@ def lr_factor(step: int, total: int, optimizer: str) -> float:
     return 1.0 + (0.07 - 1.0) * (step - warm) / max(1, total - warm)
 
 
+class Lookahead:
+    """airbench's weight averaging: every few steps the weights move to an exponential average of
+    themselves (Lookahead-style), with a decay that grows as (step/total)^power, so training moves
+    fast early and averages strongly at the end. Every float tensor of the state is averaged,
+    BatchNorm statistics included."""
+
+    def __init__(self, net: torch.nn.Module, state: dict | None = None):
+        self.avg = state if state is not None else {
+            k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module, decay: float) -> None:
+        current = net.state_dict()
+        for k, a in self.avg.items():
+            a.lerp_(current[k], 1 - decay)
+            current[k].copy_(a)
+
+
 def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                   cfg: TrainConfig, autocast: Callable) -> tuple[float, torch.Tensor]:
     """One optimisation step on an augmented, normalised batch; returns (loss, logits)."""
@@ -192,10 +208,12 @@ class _StopFlag:
         return False
 
 
-def _save_checkpoint(path: Path, net, opt, step: int, history: list, cfg: TrainConfig, norm: dict) -> None:
+def _save_checkpoint(path: Path, net, opt, step: int, history: list, cfg: TrainConfig, norm: dict,
+                     lookahead: Lookahead | None) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "history": json.dumps(history), "config": json.dumps(asdict(cfg)), "norm": json.dumps(norm)}, tmp)
+                "history": json.dumps(history), "config": json.dumps(asdict(cfg)), "norm": json.dumps(norm),
+                "lookahead": lookahead.avg if lookahead is not None else {}}, tmp)
     tmp.replace(path)
 
 
@@ -249,6 +267,12 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     train_ds, val_ds, test_ds = prepare_data(cfg)
     classes = train_ds.classes
     aug = Augment(**cfg.augment)
+    # airbench's alternating flip: each image is mirrored in every other epoch (from a random first
+    # choice) instead of by a fresh coin toss, so every epoch pair shows both versions.
+    first_flip = None
+    if aug.flip and cfg.recipe.get("alternating_flip"):
+        first_flip = torch.rand(len(train_ds), generator=torch.Generator().manual_seed(cfg.seed)) < 0.5
+        aug = Augment(**{**cfg.augment, "flip": False})
     print(f"data: {len(train_ds)} training images {D.describe(train_ds)}, {len(val_ds)} validation"
           + (f", {len(test_ds)} test" if test_ds is not None else ""), file=sys.stderr)
 
@@ -281,10 +305,13 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     steps_per_epoch = max(1, len(train_ds) // batch)
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     step, history = 0, []
+    la_cfg, lookahead = cfg.recipe.get("lookahead"), None
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, history = int(ckpt["step"]), json.loads(ckpt["history"])
+        if ckpt.get("lookahead"):
+            lookahead = Lookahead(net, {k: v.to(device) for k, v in ckpt["lookahead"].items()})
         print(f"resuming {run_dir} at step {step}/{total_steps}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = D.balanced_weights(train_ds.labels, len(classes)) if cfg.balance else None
@@ -311,7 +338,11 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
             order = epoch_order(epoch)
             idx = order[b * batch:(b + 1) * batch].to(device)
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout and augmentation: reproducible on resume
-            x = aug(prep(images[idx]))
+            x = prep(images[idx])
+            if first_flip is not None:
+                mirror = (first_flip[idx.cpu()] ^ bool(epoch % 2)).to(device).view(-1, 1, 1, 1)
+                x = torch.where(mirror, x.flip(-1), x)
+            x = aug(x)
             y = labels[idx]
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * lr_factor(step, total_steps, cfg.recipe["optimizer"]) if "initial_lr" in g else g["lr"]
@@ -319,6 +350,11 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
                 net[0].bias.requires_grad = epoch < 3  # train the whitening bias for 3 epochs only (airbench)
             loss, out = training_step(net, opt, x, y, cfg, autocast)
             step += 1
+            if la_cfg and epoch >= la_cfg["start_epoch"] and step % la_cfg["every"] == 0:
+                if lookahead is None:
+                    lookahead = Lookahead(net)
+                else:
+                    lookahead.update(net, la_cfg["decay"] ** la_cfg["every"] * (step / total_steps) ** la_cfg["power"])
             n = len(y)
             epoch_loss += loss * (1 if cfg.recipe["optimizer"] == "sgd" else n)
             epoch_correct += (out.argmax(1) == y).sum().item()
@@ -327,13 +363,15 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
             bar.set_postfix(loss=f"{epoch_loss / epoch_seen:.3f}", img_s=f"{epoch_seen / max(1e-9, time.perf_counter() - t0):.0f}" if b else "")
             end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
             if end_of_epoch:
+                if lookahead is not None:
+                    lookahead.update(net, 1.0)  # every epoch ends on the averaged weights
                 dt = time.perf_counter() - t0
                 train_seconds += dt
                 val_acc = _accuracy(net, val_x, val_y, prep, autocast)
                 history.append({"epoch": epoch + 1, "step": step, "train_loss": epoch_loss / epoch_seen,
                                 "train_accuracy": epoch_correct / epoch_seen, "val_accuracy": val_acc,
                                 "seconds": dt, "images_per_second": epoch_seen / dt})
-                _save_checkpoint(ckpt_path, net, opt, step, history, cfg, norm)
+                _save_checkpoint(ckpt_path, net, opt, step, history, cfg, norm, lookahead)
                 tqdm.write(f"epoch {epoch + 1:>3}/{math.ceil(cfg.epochs)}  loss {epoch_loss / epoch_seen:.4f}  "
                            f"train acc {epoch_correct / epoch_seen:.4f}  val acc {val_acc:.4f}  "
                            f"{epoch_seen / dt:.0f} img/s  {train_seconds:.0f}s", file=sys.stderr)
@@ -344,7 +382,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
                 t0 = time.perf_counter()
             if stop.set and step < total_steps:
                 train_seconds += time.perf_counter() - t0
-                _save_checkpoint(ckpt_path, net, opt, step, history, cfg, norm)
+                _save_checkpoint(ckpt_path, net, opt, step, history, cfg, norm, lookahead)
                 interrupted = True
                 break
     bar.close()
