@@ -1,7 +1,7 @@
-"""Wall-clock training time until 10-class CIFAR-10 test accuracy first reaches 93% and 94%.
+"""Wall-clock training time until 10-class CIFAR-10 test accuracy first reaches 93% and 94% (and 85, 90, 95%).
 
 Trains the default recipe from scratch with `birdcnn.train.train` (the same code as
-`birdcnn train`). Test accuracy (with the model's test-time flip averaging) is checked once per
+`birdcnn train`). Test accuracy (with the model's test-time augmentation) is checked once per
 epoch outside the timed part: the times printed are training time only.
 
     python benchmarks/time_to_accuracy.py [--data ../shared/data/cifar10-jpeg.tar.gz] [--epochs N]
@@ -18,7 +18,7 @@ from birdcnn.train import TrainConfig, train
 
 from common import print_machine_facts, print_summary
 
-TARGETS = (0.93, 0.94, 0.95)
+TARGETS = (0.85, 0.90, 0.93, 0.94, 0.95)  # 93% and 94% are the targets; the rest show progress
 
 
 def main() -> None:

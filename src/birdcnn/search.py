@@ -319,9 +319,9 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     A photo's probability is the calibrated probability of `target` for the whole frame, or with
     `crops` the largest over the whole frame, the four quadrants and the centre. Photos with
     probability >= `min_probability` (default: the model's threshold) are the matches.
-    `progress`: None shows a bar only when stderr is a terminal. `tta=False` skips the model's
-    test-time flip averaging (half the network work; probabilities differ slightly from
-    `predict`). Ctrl-C stops cleanly: the result says `interrupted` and holds everything
+    `progress`: None shows a bar only when stderr is a terminal. Each view is scored with
+    its mirror image averaged in (`tta=False`: without, half the network work); `predict` may
+    average more views (the model's `tta`), so probabilities can differ slightly from it. Ctrl-C stops cleanly: the result says `interrupted` and holds everything
     scored until then.
     """
     folder = os.fspath(folder)
@@ -334,12 +334,15 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     if min_probability is None:
         min_probability = default_min_probability(model, target)
     result = SearchResult(folder, target, float(min_probability))
+    # At most the flip pair: a model's 6-view TTA would triple the network's share of the time
+    # for a gain in the third decimal (docs/RESULTS.md).
+    views_mode = "flip" if tta and model.tta != "none" else "none"
 
     log = None
     if output is not None:
         header = {"format": LOG_FORMAT, "folder": folder, "root": os.path.realpath(folder),
                   "model": model.meta.get("weights_sha256", ""), "class": target, "crops": bool(crops),
-                  "tta": model.tta if tta else "none"}
+                  "tta": views_mode}
         log = ResultLog(output, header, resume)
         result.resumed = len(log.done)
         result.matches = [(os.path.join(folder, rel), p) for rel, p in log.done.items() if p >= min_probability]
@@ -366,10 +369,7 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
 
     def score(batch: list[tuple[str, np.ndarray]]) -> None:
         views = np.concatenate([v for _, v in batch])
-        if tta:
-            probs = model.probabilities(views)[:, ci]
-        else:
-            probs = torch.softmax(model.logits(views, tta="none") / model.temperature, 1)[:, ci].numpy()
+        probs = torch.softmax(model.logits(views, tta=views_mode) / model.temperature, 1)[:, ci].numpy()
         at = 0
         for path, v in batch:
             p = float(probs[at:at + len(v)].max())
@@ -501,8 +501,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", metavar="FILE.jsonl", help="append one JSON line per photo as it is scored")
     p.add_argument("--resume", action="store_true", help="continue the search recorded in --output, skipping photos already scored")
     p.add_argument("--no-tta", action="store_true",
-                   help="score each photo once, without the model's flip averaging: ~1.3x faster on CPU, "
-                        "probabilities differ slightly from 'birdcnn predict'")
+                   help="score each photo once, without mirror averaging: ~1.3x faster on CPU")
     p.add_argument("--crops", action="store_true",
                    help="also score the four quadrants and the centre, keep the highest (finds small birds; ~6x the network work)")
 
