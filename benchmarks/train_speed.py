@@ -48,7 +48,7 @@ def typical(folder: Path, cfg: TrainConfig, steps: int, warmup: int) -> float:
     return steps * cfg.batch_size / (time.perf_counter() - t0)
 
 
-def birdcnn_way(source: str, cfg: TrainConfig, steps: int, warmup: int) -> float:
+def birdcnn_way(source: str, cfg: TrainConfig, steps: int, warmup: int, compile: bool = False) -> float:
     ds = load_split(source, "train")
     images, labels = torch.from_numpy(ds.images), torch.from_numpy(ds.labels)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
@@ -56,13 +56,14 @@ def birdcnn_way(source: str, cfg: TrainConfig, steps: int, warmup: int) -> float
     aug = Augment(**cfg.augment)
     net = build(cfg.arch, 10).to(memory_format=torch.channels_last)
     opt = make_optimizer(net, cfg)
+    model = torch.compile(net) if compile else net
     g = torch.Generator().manual_seed(0)
     for i in range(warmup + steps):
         if i == warmup:
             t0 = time.perf_counter()
         idx = torch.randint(0, len(ds), (cfg.batch_size,), generator=g)
         x = ((images[idx].permute(0, 3, 1, 2).float() - mean) / std).contiguous(memory_format=torch.channels_last)
-        training_step(net, opt, aug(x, g), labels[idx], cfg,
+        training_step(model, opt, aug(x, g), labels[idx], cfg,
                       lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     return steps * cfg.batch_size / (time.perf_counter() - t0)
 
@@ -74,6 +75,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--compile", action="store_true", help="also time (b) with torch.compile (inductor)")
     args = ap.parse_args()
     facts = print_machine_facts()
     cfg = TrainConfig(data=args.data, arch=args.arch, batch_size=args.batch_size).resolved()
@@ -83,12 +85,15 @@ def main() -> None:
         folder = Path(tmp) / "train"
         b = birdcnn_way(args.data, cfg, args.steps, args.warmup)
         print(f"(b) birdcnn (uint8 in memory, batched augmentation, bf16, channels_last): {b:8.0f} images/s", flush=True)
+        c = birdcnn_way(args.data, cfg, args.steps, args.warmup, compile=True) if args.compile else None
+        if c is not None:
+            print(f"(b) with torch.compile:                                                 {c:8.0f} images/s", flush=True)
         a = typical(folder, cfg, args.steps, args.warmup)
         print(f"(a) typical (ImageFolder + per-image transforms, DataLoader x2, fp32):    {a:8.0f} images/s", flush=True)
     print(f"speed-up: {b / a:.2f}x  ({args.arch} network, batch {args.batch_size}, {args.steps} timed steps each)")
     print_summary({"benchmark": "train_speed", "arch": args.arch, "batch_size": args.batch_size, "steps": args.steps,
                    "typical_images_per_s": round(a, 1), "birdcnn_images_per_s": round(b, 1),
-                   "speedup": round(b / a, 2), **facts})
+                   "speedup": round(b / a, 2), **({"compiled_images_per_s": round(c, 1)} if c else {}), **facts})
 
 
 if __name__ == "__main__":
