@@ -116,7 +116,7 @@ def _load_cifar_archive(path: Path, split: str) -> Dataset:
             images, labels = _read_cifar_members(read, _cifar_batch_names(split), str(path))
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DataError(f"{path}: corrupt or truncated archive ({e})") from None
-    return Dataset(images, labels, classes, fingerprint=f"cifar10-python:{_file_sha256(path)[:16]}:{split}")
+    return Dataset(images, labels, classes, fingerprint=f"cifar10-python:{_file_hash(path)[:16]}:{split}")
 
 
 def _load_cifar_folder(folder: Path, split: str) -> Dataset:
@@ -134,16 +134,8 @@ def _load_cifar_folder(folder: Path, split: str) -> Dataset:
     return Dataset(images, labels, classes, fingerprint=f"cifar10-python:{digest[:16]}:{split}")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _file_md5(path: Path) -> str:
-    h = hashlib.md5()
+def _file_hash(path: Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
@@ -153,7 +145,7 @@ def _file_md5(path: Path) -> str:
 def download(url: str, dest: Path, md5: str) -> Path:
     """Download `url` to `dest` via a .part file; a wrong checksum is removed, never used."""
     if dest.exists():
-        if _file_md5(dest) == md5:
+        if _file_hash(dest, "md5") == md5:
             return dest
         dest.unlink()  # a corrupt or partial earlier download
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +159,7 @@ def download(url: str, dest: Path, md5: str) -> Path:
         part.unlink(missing_ok=True)
         raise DataError(f"cannot download {url} ({getattr(e, 'reason', e)}); offline? "
                         f"pass --data PATH to a local copy of the archive or a class-folder dataset") from None
-    got = _file_md5(part)
+    got = _file_hash(part, "md5")
     if got != md5:
         part.unlink()
         raise DataError(f"{url}: checksum mismatch (md5 {got}, expected {md5}); the download was removed")
@@ -265,7 +257,7 @@ def _load_class_folder(root: Path, classes: list[str] | None, size: int) -> Data
 
 def _extract_archive(path: Path) -> Path:
     """Extract a tar of class folders once into the cache (keyed by content hash)."""
-    digest = _file_sha256(path)[:24]
+    digest = _file_hash(path)[:24]
     dest = cache_dir() / "extracted" / digest
     if (dest / ".complete").exists():
         return dest
