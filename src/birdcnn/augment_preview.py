@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import save_figure
 from .augment import Augment
 from .errors import BirdcnnError
 from .images import fit_square, open_image
@@ -77,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     if not 1 <= args.n <= 400:
         raise BirdcnnError(f"--n must be between 1 and 400, not {args.n}")
@@ -96,12 +95,6 @@ def run(args: argparse.Namespace) -> int:
     fig = preview_figure(u8, versions, augment, f"{Path(args.image).name}: {args.n} synthetic training images "
                                                  f"({args.arch} recipe{' + your changes' if augment_overrides(args) else ''})")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
-    try:
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(out)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    save_figure(fig, out, dpi=110)
     print(f"wrote {out} ({args.n} versions: {describe(augment)})")
     return 0

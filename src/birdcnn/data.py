@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomic
 from .errors import DataError, ImageError
 from .images import is_image_path, load_for_model
 
@@ -248,10 +249,8 @@ def _load_class_folder(root: Path, classes: list[str] | None, size: int) -> Data
     paths = [str(files[i][0]) for i in ok]
     ds = Dataset(images, labels, found, fingerprint, paths, problems)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(cached.stem + f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=images, labels=labels, classes=np.array(found), paths=np.array(paths),
-             skipped=np.array(problems, dtype=str))
-    tmp.replace(cached)
+    write_atomic(cached, lambda tmp: np.savez(tmp, images=images, labels=labels, classes=np.array(found),
+                                              paths=np.array(paths), skipped=np.array(problems, dtype=str)))
     return ds
 
 

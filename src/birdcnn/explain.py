@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .atomic import save_figure, write_text
 from .errors import BirdcnnError
 from .images import DRAFT_SCALE, fit_square, open_image
 from .modelfile import Classifier, load_model
@@ -394,16 +394,7 @@ def panel_gradcam(fig, spec, e: Explanation, number: str) -> None:
 # ---------------------------------------------------------------- figures and files
 
 def _save(fig, path: Path, dpi: int = 110) -> Path:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path, dpi=dpi, bbox_inches="tight")
 
 
 def _one(draw, size=(3.2, 3.4)):
@@ -498,9 +489,7 @@ def write_explanation(e: Explanation, out: Path) -> dict[str, Path]:
                           for s in e.trace.steps],
                "gradcam_layer": e.trace.cam_step.name if e.trace.cam_step else None,
                "files": {k: p.name for k, p in files.items()}}
-    tmp = out / f".explain.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / "explain.json")
+    write_text(out / "explain.json", json.dumps(summary, indent=2) + "\n")
     files["json"] = out / "explain.json"
     return files
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.ops import nms
 
+from .atomic import save_figure
 from .errors import BirdcnnError
 from .images import fit_square, open_image
 from .modelfile import Classifier, load_model
@@ -218,14 +218,7 @@ def save_heatmap(res: Located, out: str | Path, title: str = "") -> Path:
     fig.colorbar(shown, ax=ax, fraction=0.035, pad=0.02, label=f"{res.target} probability of the window centred here")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp)
-        tmp.replace(out)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return out
+    return save_figure(fig, out)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from .atomic import write_bytes, write_text
 from .errors import ModelFileError
 from .models import build
 
@@ -47,24 +47,15 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_model(net: torch.nn.Module, meta: dict, path: str | Path) -> Path:
     """Write NAME.safetensors then NAME.json (each via a temporary file and rename)."""
     json_path, st_path = _pair(path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     # Bytes written by Python, not save_file: that creates the file private (0600) whatever the umask.
-    _atomic_write(st_path, lambda t: t.write_bytes(save(state)))
+    write_bytes(st_path, save(state))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "weights_sha256": _sha256(st_path)}
-    _atomic_write(json_path, lambda t: t.write_text(json.dumps(meta, indent=2) + "\n"))
+    write_text(json_path, json.dumps(meta, indent=2) + "\n")
     return json_path
 
 

@@ -8,7 +8,6 @@ import base64
 import html
 import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +15,13 @@ from matplotlib.figure import Figure  # the object API: no pyplot state, renders
 from PIL import Image, ImageDraw, ImageFont
 
 from . import metrics as M
+from .atomic import write_bytes, write_text
 from .errors import ImageError
 from .evaluate import BIRD_ROWS, GROUPS, Evaluation, Extremes, fmt, to_json
 from .images import fit_square, open_image
 
 TILE = 128  # gallery tile side: CIFAR's 32 px scaled 4x, big enough to see what the model saw
 COLS = 8
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename: a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _png(obj: Figure | Image.Image) -> bytes:
@@ -241,11 +231,11 @@ def write_report(ev: Evaluation, out: str | Path) -> dict[str, Path]:
     files = {}
     for name, data in pictures.items():
         files[name] = out / f"{name}.png"
-        _write(files[name], data)
+        write_bytes(files[name], data)
     files["metrics"] = out / "metrics.json"
-    _write(files["metrics"], (to_json(ev.summary()) + "\n").encode())
+    write_text(files["metrics"], to_json(ev.summary()) + "\n")
     files["report"] = out / "report.html"
-    _write(files["report"], report_html(ev, pictures).encode())
+    write_text(files["report"], report_html(ev, pictures))
     return files
 
 

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 from PIL import Image
 
+from .atomic import write_text
 from .errors import BirdcnnError, ImageError
-from .images import DRAFT_SCALE, IMAGE_SUFFIXES, fit_square, is_image_path, open_image
+from .images import DRAFT_SCALE, IMAGE_SUFFIXES, fit_square, open_image
 
 if TYPE_CHECKING:
     from .modelfile import Classifier
@@ -477,13 +478,7 @@ Most confident first; click a photo to open it.{f" The {more} less confident mat
 </div></body></html>
 """
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return write_text(out, page)
 
 
 # ---------------------------------------------------------------- command line

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data as D
+from .atomic import save_figure, write_atomic
 from .augment import Augment
 from .errors import BirdcnnError, DataError
 from .metrics import binary_report, expected_calibration_error, fit_temperature, threshold_for_precision
@@ -212,11 +213,10 @@ class _StopFlag:
 
 def _save_checkpoint(path: Path, net, opt, step: int, history: list, cfg: TrainConfig, norm: dict,
                      lookahead: Lookahead | None) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "history": json.dumps(history), "config": json.dumps(asdict(cfg)), "norm": json.dumps(norm),
-                "lookahead": lookahead.avg if lookahead is not None else {}}, tmp)
-    tmp.replace(path)
+    state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+             "history": json.dumps(history), "config": json.dumps(asdict(cfg)), "norm": json.dumps(norm),
+             "lookahead": lookahead.avg if lookahead is not None else {}}
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -468,7 +468,4 @@ def plot_history(history: list[dict], path: Path, title: str = "") -> None:
     b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend(), b.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=100)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import save_figure, write_text
 from ..errors import BirdcnnError
 from ..metrics import binary_report, roc_curve
 from .mnist import load_mnist
@@ -404,25 +404,14 @@ def figure(res: Result):
 
 
 def write_results(res: Result, out: Path) -> dict[str, Path]:
-    import matplotlib.pyplot as plt
-
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(res.rows)
     payload = {"experiment": "tunnel-vision", "settings": asdict(res.settings), "data": res.data,
                "rows": [asdict(r) for r in res.rows], "table": table}
     files = {"json": out / "results.json", "table": out / "table.txt", "figure": out / "tunnel_vision.png"}
-    for path, text in ((files["json"], json.dumps(payload, indent=2) + "\n"), (files["table"], table + "\n")):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    fig = figure(res)
-    tmp = files["figure"].with_name(f".tunnel_vision.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        tmp.replace(files["figure"])
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    write_text(files["json"], json.dumps(payload, indent=2) + "\n")
+    write_text(files["table"], table + "\n")
+    save_figure(figure(res), files["figure"], dpi=100, bbox_inches="tight")
     return files
 
 
