@@ -221,12 +221,14 @@ def bad_models(tiny_model: Path, article_model: Path, tmp: Path) -> dict[str, tu
     out["weights missing"] = (m, m.with_suffix(".safetensors"), "weights file not found")
     m = copy_model(tiny_model, tmp / "newer", format_version=99)
     out["newer format"] = (m, m, "newer birdcnn")
+    m = copy_model(tiny_model, tmp / "bad_tta", tta="rotate-everything")
+    out["unknown test-time augmentation"] = (m, m, "unknown test-time augmentation 'rotate-everything'")
     return out
 
 
 BAD_MODELS = ["missing", "random json", "garbage json", "random safetensors alone", "random bytes as weights",
               "tampered weights", "weights of another architecture", "metadata says another architecture",
-              "positive class not in classes", "weights missing", "newer format"]
+              "positive class not in classes", "weights missing", "newer format", "unknown test-time augmentation"]
 
 
 @pytest.fixture(scope="module")

@@ -153,6 +153,8 @@ class Classifier:
         """Raw (uncalibrated) float32 logits, averaged over the model's test-time views (`tta`:
         "none", "flip" or "flip-translate")."""
         tta = self.tta if tta is None else tta
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, not {tta!r}")
         out = []
         for i in range(0, len(images), batch_size):
             x = self.prepare(images[i:i + batch_size])

@@ -333,11 +333,13 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     interrupted = False
     with _StopFlag() as stop:
         t0 = time.perf_counter()
+        order_epoch, order = -1, None
         while step < total_steps:
             epoch, b = divmod(step, steps_per_epoch)
             if b == 0:
                 epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
-            order = epoch_order(epoch)
+            if epoch != order_epoch:  # once per epoch (also on resume mid-epoch), not every step
+                order_epoch, order = epoch, epoch_order(epoch)
             idx = order[b * batch:(b + 1) * batch].to(device)
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout and augmentation: reproducible on resume
             x = prep(images[idx])
