@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, nms
 
 from birdcnn.cli import main
-from birdcnn.locate import MAX_WINDOWS, MIN_WINDOW_PX, locate, locate_file, plan_scales
+from birdcnn.locate import MAX_WINDOWS, MIN_WINDOW_PX, _load_nms, locate, locate_file, plan_scales
 from birdcnn.modelfile import default_model_path, load_model
 
 
@@ -26,6 +26,17 @@ def big_photo(tmp_path_factory, photos) -> Path:
     path = tmp_path_factory.mktemp("big") / "big.jpg"
     Image.open(photos / "bird" / "magpie.jpg").convert("RGB").resize((6000, 4000), Image.Resampling.BILINEAR).save(path, quality=85)
     return path
+
+
+def test_nms_is_torchvisions():
+    """locate loads torchvision's nms op without the package import: same kept boxes, same order."""
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(500, 2, generator=g) * 900
+    boxes = torch.cat([xy, xy + 20 + torch.rand(500, 2, generator=g) * 200], 1)
+    scores = torch.rand(500, generator=g)
+    kept = _load_nms()(boxes, scores, 0.3)
+    assert 0 < len(kept) < 500
+    assert torch.equal(kept, nms(boxes, scores, 0.3))
 
 
 @pytest.mark.parametrize("w,h", [(64, 64), (100, 64), (6000, 4000), (8000, 600), (8000, 300), (32, 32)])

@@ -14,8 +14,12 @@ used (a 64 px photo keeps only its larger scales).
 from __future__ import annotations
 
 import argparse
+import functools
+import glob
+import importlib.util
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,12 +29,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.ops import nms
 
 from .atomic import save_figure
 from .errors import BirdcnnError
 from .images import fit_square, open_image
 from .modelfile import Classifier, load_model
+
+@functools.cache
+def _load_nms():
+    """torchvision's `nms`, without importing the torchvision package.
+
+    `import torchvision` loads its datasets, models and transforms too: ~1.4 s, a quarter of a
+    `birdcnn locate` run on 2 cores. The op itself is in torchvision's compiled extension, which
+    registers `torch.ops.torchvision.nms` (what `torchvision.ops.nms` calls) when loaded. If that
+    file cannot be found or loaded, import the package after all.
+    """
+    spec = importlib.util.find_spec("torchvision")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for lib in sorted(glob.glob(os.path.join(folder, "_C*.so")) + glob.glob(os.path.join(folder, "_C*.pyd"))):
+            try:
+                torch.ops.load_library(lib)
+                return torch.ops.torchvision.nms
+            except (OSError, RuntimeError, AttributeError):
+                pass
+    from torchvision.ops import nms
+    return nms
+
 
 DEFAULT_SCALES = (0.8, 0.5, 0.33, 0.22, 0.15)  # window side / photo's shorter side
 DEFAULT_STRIDE = 0.25                          # step between windows / window side
@@ -155,7 +179,7 @@ def locate(im: Image.Image, model: Classifier, target: str | None = None,
 
     boxes, scores = torch.cat(all_boxes), torch.cat(all_scores)
     res.max_probability = float(scores.max())
-    for i in nms(boxes, scores, NMS_IOU)[:top].tolist():
+    for i in _load_nms()(boxes, scores, NMS_IOU)[:top].tolist():
         if scores[i] >= min_probability:
             x0, y0, x1, y1 = boxes[i].tolist()
             res.boxes.append({"box": [max(0, round(x0)), max(0, round(y0)), min(W, round(x1)), min(H, round(y1))],
