@@ -496,7 +496,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", metavar="FILE.jsonl", help="append one JSON line per photo as it is scored")
     p.add_argument("--resume", action="store_true", help="continue the search recorded in --output, skipping photos already scored")
     p.add_argument("--no-tta", action="store_true",
-                   help="score each photo once, without mirror averaging: ~1.3x faster on CPU")
+                   help="score each photo once, without mirror averaging: ~1.2x faster on CPU")
     p.add_argument("--crops", action="store_true",
                    help="also score the four quadrants and the centre, keep the highest (finds small birds; ~6x the network work)")
 
