@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from birdcnn.augment import Augment, random_blur, random_flip, random_rotate, random_shift
+from birdcnn.augment import Augment, alternating_flip, random_blur, random_flip, random_rotate, random_shift
 from birdcnn.data import load_split
 
 OFF = dict(flip=False, shift=0, rotate=0.0, blur=0.0)
@@ -63,6 +63,15 @@ def test_flip_mirrors_about_half_the_images(batch):
     # The mirror is horizontal: rows are kept, columns reversed.
     i = int(flipped.nonzero()[0])
     assert torch.equal(y[i, :, :, 0], batch[i, :, :, -1])
+
+
+def test_alternating_flip_shows_each_image_both_ways_over_two_epochs(batch):
+    first = torch.rand(len(batch), generator=gen(5)) < 0.5
+    even, odd = alternating_flip(batch, first, 4), alternating_flip(batch, first, 7)
+    for i in range(len(batch)):
+        mirrored = batch[i].flip(-1)
+        assert torch.equal(even[i], mirrored if first[i] else batch[i])
+        assert torch.equal(odd[i], batch[i] if first[i] else mirrored)
 
 
 def test_shift_moves_content_by_at_most_pad_pixels(batch):

@@ -45,6 +45,16 @@ def random_flip(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Te
     return torch.where(mask, x.flip(-1), x)
 
 
+def alternating_flip(x: torch.Tensor, first_flip: torch.Tensor, epoch: int) -> torch.Tensor:
+    """airbench's alternating flip: image i is mirrored when `first_flip[i]` xor the epoch is odd.
+
+    `first_flip` (one random bool per image in the batch, fixed for the whole run) replaces a
+    fresh coin toss per epoch, so every pair of epochs shows both versions of every image.
+    """
+    mask = (first_flip.to(x.device) ^ bool(epoch % 2)).view(-1, 1, 1, 1)
+    return torch.where(mask, x.flip(-1), x)
+
+
 def random_shift(x: torch.Tensor, pad: int, gen: torch.Generator | None = None) -> torch.Tensor:
     """Translate each image by (dy, dx) in [-pad, pad] using a reflect-padded crop (one gather)."""
     n, c, h, w = x.shape

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import data as D
 from .atomic import save_figure, write_atomic
-from .augment import Augment
+from .augment import Augment, alternating_flip
 from .errors import BirdcnnError, DataError
 from .metrics import binary_report, expected_calibration_error, fit_temperature, threshold_for_precision
 from .modelfile import Classifier, pick_device, save_model
@@ -269,8 +269,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     train_ds, val_ds, test_ds = prepare_data(cfg)
     classes = train_ds.classes
     aug = Augment(**cfg.augment)
-    # airbench's alternating flip: each image is mirrored in every other epoch (from a random first
-    # choice) instead of by a fresh coin toss, so every epoch pair shows both versions.
+    # The alternating flip replaces Augment's coin toss: one random first choice per image.
     first_flip = None
     if aug.flip and cfg.recipe.get("alternating_flip"):
         first_flip = torch.rand(len(train_ds), generator=torch.Generator().manual_seed(cfg.seed)) < 0.5
@@ -344,8 +343,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout and augmentation: reproducible on resume
             x = prep(images[idx])
             if first_flip is not None:
-                mirror = (first_flip[idx.cpu()] ^ bool(epoch % 2)).to(device).view(-1, 1, 1, 1)
-                x = torch.where(mirror, x.flip(-1), x)
+                x = alternating_flip(x, first_flip[idx.cpu()], epoch)
             x = aug(x)
             y = labels[idx]
             for g in opt.param_groups:
