@@ -15,7 +15,7 @@ photos of 0.08 to 12 megapixels and re-encoded at quality 90). Then, in one run,
       - speed: on all of it, default and --no-tta, with no sampler running: reading
         /proc/PID/smaps_rollup costs ~25 ms of CPU per sample, and sampling every 0.1 s took
         ~8% of the 2 cores from the search it measured (earlier figures were ~10% low).
-      Its rate once running compares with (a); the end-to-end rate adds ~3 s of start-up.
+      Its rate once running compares with (a); the end-to-end rate adds ~2 s of start-up.
 """
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ from .errors import BirdcnnError
 from .images import fit_square, open_image
 from .modelfile import Classifier, load_model
 
+
 @functools.cache
 def _load_nms():
     """torchvision's `nms`, without importing the torchvision package.
