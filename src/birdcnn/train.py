@@ -339,11 +339,12 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
                 epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
             if epoch != order_epoch:  # once per epoch (also on resume mid-epoch), not every step
                 order_epoch, order = epoch, epoch_order(epoch)
-            idx = order[b * batch:(b + 1) * batch].to(device)
+            picked = order[b * batch:(b + 1) * batch]
+            idx = picked.to(device)
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout and augmentation: reproducible on resume
             x = prep(images[idx])
             if first_flip is not None:
-                x = alternating_flip(x, first_flip[idx.cpu()], epoch)
+                x = alternating_flip(x, first_flip[picked], epoch)
             x = aug(x)
             y = labels[idx]
             for g in opt.param_groups:
