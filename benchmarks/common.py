@@ -4,8 +4,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+from pathlib import Path
 
 import torch
+
+# The shared data beside the checkout (../shared/data), which every benchmark reads.
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def machine_facts() -> dict:

@@ -9,13 +9,11 @@ import argparse
 import resource
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-from common import print_machine_facts, print_summary
+from common import SHARED, print_machine_facts, print_summary
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def peak_mb() -> float:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import print_machine_facts, print_summary
+from common import SHARED, print_machine_facts, print_summary
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def main() -> None:

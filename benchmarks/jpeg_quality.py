@@ -13,12 +13,11 @@ import argparse
 import io
 import tarfile
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
-from common import print_summary
+from common import SHARED, print_summary
 
 # libjpeg's base tables (ITU T.81 Annex K), in natural order like Pillow's `quantization`.
 LUMA = np.array([
@@ -45,7 +44,7 @@ def ijg_quality(im: Image.Image) -> int | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+    ap.add_argument("--data", default=str(SHARED / "cifar10-jpeg.tar.gz"))
     ap.add_argument("--limit", type=int, default=0, help="inspect only the first N files (default: all)")
     args = ap.parse_args()
     qualities, sampling, sizes, seen = Counter(), Counter(), [], 0

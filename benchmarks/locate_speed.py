@@ -17,9 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from common import print_machine_facts, print_summary
+from common import SHARED, print_machine_facts, print_summary
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZES = [(64, 48), (640, 480), (1600, 1200), (4000, 3000), (6000, 4000), (6000, 1000)]
 
 

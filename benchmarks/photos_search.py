@@ -19,12 +19,12 @@ from birdcnn.metrics import average_precision
 from birdcnn.modelfile import load_model
 from birdcnn.search import search
 
-from common import print_machine_facts, print_summary
+from common import SHARED, print_machine_facts, print_summary
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--photos", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"))
+    ap.add_argument("--photos", default=str(SHARED / "photos"))
     ap.add_argument("--model", help="model file (default: the shipped model)")
     ap.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: in this process)")
     args = ap.parse_args()

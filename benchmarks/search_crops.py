@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import print_machine_facts, print_summary
+from common import SHARED, print_machine_facts, print_summary
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FRACTIONS = (0.6, 0.4, 0.25)
 
 

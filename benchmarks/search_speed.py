@@ -37,9 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import print_machine_facts, print_summary
+from common import SHARED, print_machine_facts, print_summary
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # (width, height, share of the collection): phone thumbnails to 12 MP camera photos.
 SIZES = [(320, 240, 0.20), (640, 480, 0.20), (1280, 960, 0.25), (2048, 1536, 0.20), (4000, 3000, 0.15)]
 TILE = 500  # the shared photos' own resolution: tiles keep real detail, as in a camera photo

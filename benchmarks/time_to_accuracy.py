@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path
 
 
 from birdcnn.data import load_split
 from birdcnn.train import TrainConfig, train
 
-from common import print_machine_facts, print_summary
+from common import SHARED, print_machine_facts, print_summary
 
 TARGETS = (0.85, 0.90, 0.93, 0.94, 0.95)  # 93% and 94% are the targets; the rest show progress
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+    ap.add_argument("--data", default=str(SHARED / "cifar10-jpeg.tar.gz"))
     ap.add_argument("--arch", default="fast")
     ap.add_argument("--epochs", type=float, help="training length (default: the recipe's)")
     ap.add_argument("--seed", type=int, default=0)

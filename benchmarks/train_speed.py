@@ -25,7 +25,7 @@ from birdcnn.data import load_split
 from birdcnn.models import build
 from birdcnn.train import TrainConfig, make_optimizer, training_step
 
-from common import print_machine_facts, print_summary
+from common import SHARED, print_machine_facts, print_summary
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -70,7 +70,7 @@ def birdcnn_way(source: str, cfg: TrainConfig, steps: int, warmup: int, compile:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+    ap.add_argument("--data", default=str(SHARED / "cifar10-jpeg.tar.gz"))
     ap.add_argument("--arch", default="fast")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
