@@ -172,8 +172,9 @@ def test_only_bad_images_exit_1(capsys, tiny_model, bad_images):
 
 def test_usage_errors_exit_2(capsys, tiny_model, tmp_path):
     (tmp_path / "empty").mkdir()
+    # A folder without images is that item's failure (exit 1), like a bad file: see test_bad_input.py.
     code, _, err = predict(capsys, tmp_path / "empty", "--model", tiny_model)
-    assert code == 2 and err.count("\n") == 1 and str(tmp_path / "empty") in err and "no images" in err
+    assert code == 1 and err.count("\n") == 1 and str(tmp_path / "empty") in err and "no images" in err
     code, _, err = predict(capsys, "--model", tiny_model)
     assert code == 2 and "no images given" in err
 

@@ -15,12 +15,11 @@ import torch
 from .atomic import save_figure
 from .augment import Augment
 from .errors import BirdcnnError
-from .images import fit_square, open_image
+from .images import FIGURE_SUFFIXES, display_path, fit_square, open_image
 from .train import RECIPES, default_run_dir
 from .train_cli import add_augment_arguments, augment_overrides
 
 INPUT_SIZE = 32          # what training sees (train.py always trains at 32x32)
-SAVE_SUFFIXES = {".png", ".jpg", ".jpeg", ".pdf", ".svg"}
 
 
 def augmented_versions(u8: np.ndarray, augment: Augment, n: int, seed: int = 0) -> np.ndarray:
@@ -87,14 +86,17 @@ def run(args: argparse.Namespace) -> int:
         raise BirdcnnError(f"--shift must be below {INPUT_SIZE // 2} pixels (images are {INPUT_SIZE}x{INPUT_SIZE})")
     augment = Augment(**settings)
     out = Path(args.out) if args.out else default_run_dir("augment-preview").with_suffix(".png")
-    if out.suffix.lower() not in SAVE_SUFFIXES:
-        raise BirdcnnError(f"{out}: --out must end in one of {', '.join(sorted(SAVE_SUFFIXES))}")
+    if out.suffix.lower() not in FIGURE_SUFFIXES:
+        raise BirdcnnError(f"{display_path(out)}: --out must end in one of {', '.join(sorted(FIGURE_SUFFIXES))}")
 
     u8 = np.array(fit_square(open_image(args.image, min_size=INPUT_SIZE), INPUT_SIZE), dtype=np.uint8)
     versions = augmented_versions(u8, augment, args.n, args.seed)
-    fig = preview_figure(u8, versions, augment, f"{Path(args.image).name}: {args.n} synthetic training images "
+    fig = preview_figure(u8, versions, augment, f"{display_path(Path(args.image).name)}: {args.n} synthetic training images "
                                                  f"({args.arch} recipe{' + your changes' if augment_overrides(args) else ''})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, out, dpi=110)
-    print(f"wrote {out} ({args.n} versions: {describe(augment)})")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_figure(fig, out, dpi=110)
+    except OSError as e:
+        raise BirdcnnError(f"{display_path(out)}: cannot write ({e.strerror or e})") from None
+    print(f"wrote {display_path(out)} ({args.n} versions: {describe(augment)})")
     return 0

@@ -1,7 +1,33 @@
 """Errors that reach the user as one clear line, never as a traceback."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+
+def display_path(path: str | bytes | os.PathLike) -> str:
+    """A file name as one line of valid text, for messages, plain output, figure titles and JSON.
+
+    Printable names come back unchanged. Others are quoted the way bash writes them, $'...':
+    bytes that are not text in the file system's encoding (a Latin-1 "é" on a UTF-8 system,
+    which Python holds as a lone surrogate that cannot be printed or saved as UTF-8) become
+    \\xNN, and control characters \\n, \\t, \\x1b...: a name is always one line, and can be
+    pasted back into a shell.
+    """
+    text = os.fsdecode(path)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if "\udc80" <= ch <= "\udcff":  # surrogateescape's stand-in for an undecodable byte
+            out.append(f"\\x{ord(ch) - 0xdc00:02x}")
+        elif ch in "\\'":
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "$'" + "".join(out) + "'"
 
 
 class BirdcnnError(Exception):
@@ -16,7 +42,7 @@ class ImageError(BirdcnnError):
     def __init__(self, path: str | Path, problem: str):
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{path}: {problem}")
+        super().__init__(f"{display_path(path)}: {problem}")
 
 
 class ModelFileError(BirdcnnError):
@@ -24,7 +50,7 @@ class ModelFileError(BirdcnnError):
 
     def __init__(self, path: str | Path, problem: str):
         self.path = str(path)
-        super().__init__(f"{path}: {problem}")
+        super().__init__(f"{display_path(path)}: {problem}")
 
 
 class DataError(BirdcnnError):

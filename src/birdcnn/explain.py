@@ -24,7 +24,7 @@ from torch import nn
 
 from .atomic import save_figure, write_text
 from .errors import BirdcnnError
-from .images import DRAFT_SCALE, fit_square, open_image
+from .images import DRAFT_SCALE, display_path, fit_square, open_image
 from .modelfile import Classifier, load_model
 
 POOL_TYPES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
@@ -240,6 +240,11 @@ class Explanation:
     arch: str
 
     @property
+    def name(self) -> str:
+        """The photo's file name, printable (figure titles)."""
+        return display_path(Path(self.path).name)
+
+    @property
     def first(self) -> Step:
         return first_conv(self.trace.steps)
 
@@ -282,7 +287,7 @@ def panel_photo(fig, spec, e: Explanation) -> None:
     from matplotlib.patches import Rectangle
 
     ax = fig.add_subplot(spec)
-    _image(ax, e.photo, f"1 · your photo ({Path(e.path).name})")
+    _image(ax, e.photo, f"1 · your photo ({e.name})")
     l, t, r, b = e.box
     ax.add_patch(Rectangle((l - 0.5, t - 0.5), r - l, b - t, fill=False, ec="yellow", lw=1.5, ls="--"))
     ax.set_xlabel("dashed: the central square it sees", fontsize=8)
@@ -423,7 +428,7 @@ def combined_figure(e: Explanation):
     gs = fig.add_gridspec(1, len(panels), width_ratios=widths, wspace=0.28)
     for i, draw in enumerate(panels):
         draw(fig, gs[i])
-    fig.suptitle(f"How the {e.arch} network reads {Path(e.path).name}: left to right, photo -> answer "
+    fig.suptitle(f"How the {e.arch} network reads {e.name}: left to right, photo -> answer "
                  f"({e.record['label']}, {e.positive} probability {100 * e.record['bird_probability']:.1f}%)",
                  fontsize=12, x=0.5, y=1.02)
     return fig
@@ -456,7 +461,7 @@ def saliency_figure(e: Explanation):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 4))
-    _image(axes[0], e.photo, Path(e.path).name)
+    _image(axes[0], e.photo, e.name)
     if e.trace.gradcam is not None:
         _image(axes[1], overlay(e.photo, e.trace.gradcam, e.box), f"Grad-CAM for \"{e.positive}\" (layer {e.trace.cam_step.name})")
     else:
@@ -482,7 +487,7 @@ def write_explanation(e: Explanation, out: Path) -> dict[str, Path]:
         "saliency": _save(saliency_figure(e), out / "08_saliency.png"),
         "combined": _save(combined_figure(e), out / "explain.png"),
     }
-    summary = {"image": e.path, "arch": e.arch, **e.record,
+    summary = {"image": display_path(e.path), "arch": e.arch, **e.record,
                "probabilities": {c: round(float(p), 6) for c, p in zip(e.classes, e.probs)},
                "layers": [{"name": s.name, "kind": "conv" if s.is_conv else "pool", "type": type(s.module).__name__,
                            "output_shape": list(s.output.shape)}
@@ -511,10 +516,13 @@ def run(args: argparse.Namespace) -> int:
     clf = load_model(args.model)
     e = explain(args.image, clf)  # everything is computed (and every error raised) before anything is written
     out = Path(args.out) if args.out else default_run_dir("explain")
-    if out.exists() and not out.is_dir():
-        raise BirdcnnError(f"{out}: exists and is not a folder (--out)")
-    files = write_explanation(e, out)
+    try:
+        if out.exists() and not out.is_dir():
+            raise BirdcnnError(f"{display_path(out)}: exists and is not a folder (--out)")
+        files = write_explanation(e, out)
+    except OSError as err:
+        raise BirdcnnError(f"{display_path(out)}: cannot write ({err.strerror or err})") from None
     r = e.record
-    print(f"{args.image}: {r['label']} ({100 * r['bird_probability']:.1f}% {e.positive})")
-    print(f"wrote {len(files)} files to {out}/ (the whole story: {files['combined']})")
+    print(f"{display_path(args.image)}: {r['label']} ({100 * r['bird_probability']:.1f}% {e.positive})")
+    print(f"wrote {len(files)} files to {display_path(out)}/ (the whole story: {display_path(files['combined'])})")
     return 0

@@ -6,15 +6,17 @@ decompression bombs are handled the same way everywhere.
 """
 from __future__ import annotations
 
+import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, display_path  # noqa: F401 (display_path: public here too)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+FIGURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".pdf", ".svg"}  # what the commands' pictures (matplotlib) can be saved as
 # JPEGs are draft-decoded to at least this many times the model's input size. Measured on the
 # 40 shared photos against a full decode: drafting at 1x changed the top class of 6 photos
 # (bird probability off by up to 0.25), at 3x of 2 (up to 0.04); 4x still decodes a 12 MP
@@ -54,15 +56,18 @@ def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
     both sides >= min_size (Pillow's draft mode: nearly free, and much faster than full decode).
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageError(path, "no such file")
-    if path.is_dir():
-        raise ImageError(path, "is a folder, not an image")
     try:
-        if path.stat().st_size == 0:
-            raise ImageError(path, "empty file")
-    except OSError as e:
-        raise ImageError(path, f"cannot read ({e.strerror or e})") from None
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageError(path, "no such file") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except (OSError, ValueError) as e:  # a name too long, a loop of links, a NUL in the name...
+        raise ImageError(path, f"cannot read ({getattr(e, 'strerror', None) or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(path, "is a folder, not an image")
+    if st.st_size == 0:
+        raise ImageError(path, "empty file")
     try:
         with warnings.catch_warnings():
             # Pillow warns above its own ~89 MP limit: MAX_PIXELS below is the limit that applies.

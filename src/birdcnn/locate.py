@@ -32,7 +32,7 @@ from PIL import Image
 
 from .atomic import save_figure
 from .errors import BirdcnnError
-from .images import fit_square, open_image
+from .images import FIGURE_SUFFIXES, display_path, fit_square, open_image
 from .modelfile import Classifier, load_model
 
 
@@ -248,7 +248,7 @@ def save_heatmap(res: Located, out: str | Path, title: str = "") -> Path:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", help="a photo (JPEG, PNG, WebP, GIF, BMP, TIFF), 64 px to 24 MP or more")
-    p.add_argument("--out", metavar="PNG", help="heat-map picture to write (default: runs/locate-DATE/NAME.png)")
+    p.add_argument("--out", metavar="PNG", help="heat-map picture to write (.png/.jpg/.pdf/.svg; default: runs/locate-DATE/NAME.png)")
     p.add_argument("--json", action="store_true",
                    help='print {"boxes": [{"box": [x0, y0, x1, y1], "probability"}...], ...} in photo pixels')
     p.add_argument("--stride", type=float, default=DEFAULT_STRIDE, metavar="S",
@@ -271,23 +271,32 @@ def run(args: argparse.Namespace) -> int:
         raise BirdcnnError(f"--min-probability must be between 0 and 1, not {args.min_probability}")
     if args.top < 1:
         raise BirdcnnError("--top must be at least 1")
+    # The picture's format comes from its suffix: refuse one matplotlib cannot write (or none)
+    # before the work, rather than guess a name the user did not give.
+    if args.out and Path(args.out).suffix.lower() not in FIGURE_SUFFIXES:
+        raise BirdcnnError(f"{display_path(args.out)}: --out must end in one of {', '.join(sorted(FIGURE_SUFFIXES))}")
     model = load_model(args.model)
     res = locate_file(args.image, model, scales=args.scales, target=args.target, stride=args.stride,
                       top=args.top, min_probability=args.min_probability)
     from .train import default_run_dir
 
-    out = Path(args.out) if args.out else default_run_dir("locate") / f"{Path(args.image).stem}.png"
-    save_heatmap(res, out, title=Path(args.image).name)
+    # The default name is the photo's, shortened: the temporary file beside it must fit the name limit too.
+    out = Path(args.out) if args.out else default_run_dir("locate") / f"{Path(args.image).stem[:100]}.png"
+    try:
+        save_heatmap(res, out, title=display_path(Path(args.image).name))
+    except OSError as e:
+        raise BirdcnnError(f"{display_path(out)}: cannot write ({e.strerror or e})") from None
+    image, heatmap = display_path(args.image), display_path(out)
     if args.json:
-        json.dump({"image": str(args.image), **res.to_json(), "heatmap": str(out)}, sys.stdout, indent=2)
+        json.dump({"image": image, **res.to_json(), "heatmap": heatmap}, sys.stdout, indent=2)
         print()
     else:
         W, H = res.size
-        print(f"{args.image} ({W}x{H}): best {res.target} window {100 * res.max_probability:.1f}%, "
+        print(f"{image} ({W}x{H}): best {res.target} window {100 * res.max_probability:.1f}%, "
               f"whole frame {100 * res.whole_frame_probability:.1f}% ({res.windows} windows, {res.seconds:.1f} s)")
         for b in res.boxes:
             print(f"  {100 * b['probability']:5.1f}%  box {b['box']}")
         if not res.boxes:
             print(f"  no region reaches {args.min_probability:.2f}")
-        print(f"heat map: {out}")
+        print(f"heat map: {heatmap}")
     return 0

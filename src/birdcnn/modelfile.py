@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from safetensors.torch import load_file, save
 
 from .atomic import write_bytes, write_text
 from .errors import ModelFileError
-from .models import build
+from .models import ARCHITECTURES, build
 
 FORMAT = "birdcnn-model"
 FORMAT_VERSION = 1
@@ -59,48 +60,113 @@ def save_model(net: torch.nn.Module, meta: dict, path: str | Path) -> Path:
     return json_path
 
 
-def read_metadata(path: str | Path) -> dict:
-    json_path, _ = _pair(path)
-    if not json_path.is_file():
-        raise ModelFileError(json_path, "model metadata not found (expected NAME.json beside NAME.safetensors)")
+def _model_paths(path: str | Path) -> tuple[Path, Path]:
+    """`_pair`, with a path the system refuses (a name too long, a loop of links) as a ModelFileError."""
     try:
-        meta = json.loads(json_path.read_text())
+        return _pair(path)
+    except (OSError, ValueError) as e:
+        raise ModelFileError(path, f"cannot read ({getattr(e, 'strerror', None) or e})") from None
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# Metadata fields the code reads: name -> (test, what it must be). A wrong type or an impossible
+# value (a zero std or temperature divides by zero; a threshold of 5 calls nothing a bird) is
+# refused when the file is read, naming the field, not met later as a traceback or a "nan%".
+_FIELDS = {
+    "format_version": (lambda v: _is_whole(v) and v >= 1, "a whole number >= 1"),
+    "arch": (lambda v: isinstance(v, str) and v in ARCHITECTURES, f"one of the known architectures ({', '.join(ARCHITECTURES)})"),
+    "arch_kwargs": (lambda v: isinstance(v, dict), "an object of architecture settings"),
+    "classes": (lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) and c for c in v)
+                and len(set(v)) == len(v), "a list of two or more different class names"),
+    "positive": (lambda v: isinstance(v, str), "a class name"),
+    # Up to 1024: load_model runs the network once on a blank image of this size.
+    "input_size": (lambda v: _is_whole(v) and 1 <= v <= 1024, "a whole number of pixels from 1 to 1024"),
+    "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)), "three numbers (R, G, B)"),
+    "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v),
+            "three numbers above 0 (R, G, B)"),
+    "temperature": (lambda v: _is_number(v) and v > 0, "a number above 0"),
+    "threshold": (lambda v: _is_number(v) and 0 <= v <= 1, "a probability from 0 to 1"),
+    "weights_sha256": (lambda v: isinstance(v, str), "a sha256 hex string"),
+}
+_REQUIRED = ("arch", "classes", "positive", "mean", "std", "input_size")
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The model's metadata, every field the code uses checked (type and range), or `ModelFileError`."""
+    json_path, _ = _model_paths(path)
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise ModelFileError(json_path, "model metadata not found (expected NAME.json beside NAME.safetensors)") from None
+    except OSError as e:
+        raise ModelFileError(json_path, f"cannot read ({e.strerror or e})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelFileError(json_path, f"not a birdcnn model file (invalid JSON: {e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(json_path, "not a birdcnn model file (no 'format: birdcnn-model')")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelFileError(json_path, f"made by a newer birdcnn (format {meta['format_version']})")
-    for key in ("arch", "classes", "positive", "mean", "std", "input_size"):
+    for key in _REQUIRED:
         if key not in meta:
             raise ModelFileError(json_path, f"metadata lacks {key!r}")
-    classes = meta["classes"]
-    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
-        raise ModelFileError(json_path, "metadata 'classes' is not a list of two or more class names")
-    if meta["positive"] not in classes:
+    for key, (ok, expected) in _FIELDS.items():
+        if key in meta and not ok(meta[key]):
+            raise ModelFileError(json_path, f"metadata {key!r} must be {expected}, not {_short(meta[key])}")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(json_path, f"made by a newer birdcnn (format {meta['format_version']})")
+    if meta["positive"] not in meta["classes"]:
         raise ModelFileError(json_path, f"positive class {meta['positive']!r} is not among the model's classes")
-    if not all(isinstance(meta[k], list) and len(meta[k]) == 3 for k in ("mean", "std")):
-        raise ModelFileError(json_path, "metadata 'mean' and 'std' are not three numbers (R, G, B) each")
     if meta.get("tta", "none") not in TTA_MODES:
-        raise ModelFileError(json_path, f"unknown test-time augmentation {meta['tta']!r} (known: {', '.join(TTA_MODES)})")
+        raise ModelFileError(json_path, f"unknown test-time augmentation {_short(meta['tta'])} (known: {', '.join(TTA_MODES)})")
     return meta
+
+
+def _load_weights(net: torch.nn.Module, state: dict, meta: dict, json_path: Path) -> None:
+    """Load `state` into `net`, refusing metadata the weights contradict: a class count other than
+    the network's outputs, or an input size it cannot take (a dry forward pass on a blank image)."""
+    heads = [name for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
+    weight = state.get(f"{heads[-1]}.weight") if heads else None
+    n = len(meta["classes"])
+    if weight is not None and weight.ndim == 2 and weight.shape[0] != n:
+        raise ModelFileError(json_path, f"metadata 'classes' names {n} classes but the weights have {weight.shape[0]} outputs")
+    net.load_state_dict(state, strict=True)
+    size = meta["input_size"]
+    try:
+        with torch.no_grad():
+            out = net.eval()(torch.zeros(1, 3, size, size))
+    except (RuntimeError, ValueError) as e:
+        first = " ".join(str(e).split())[:120]
+        raise ModelFileError(json_path, f"metadata 'input_size' {size} does not fit the network ({first})") from None
+    if tuple(out.shape) != (1, n):
+        raise ModelFileError(json_path, f"the network gives outputs of shape {tuple(out.shape)} for one image, not {n} class scores")
 
 
 def load_model(path: str | Path | None = None, device: str | torch.device | None = None) -> "Classifier":
     """Load a model (default: the one shipped in the package) as a ready-to-use `Classifier`."""
-    json_path, st_path = _pair(path or default_model_path())
+    json_path, st_path = _model_paths(path or default_model_path())
     meta = read_metadata(json_path)
-    if not st_path.is_file():
-        raise ModelFileError(st_path, "weights file not found")
-    if meta.get("weights_sha256") and _sha256(st_path) != meta["weights_sha256"]:
-        raise ModelFileError(st_path, "weights do not match their metadata (sha256 differs): tampered or mismatched file")
     try:
+        if not st_path.is_file():
+            raise ModelFileError(st_path, "weights file not found")
+        if meta.get("weights_sha256") and _sha256(st_path) != meta["weights_sha256"]:
+            raise ModelFileError(st_path, "weights do not match their metadata (sha256 differs): tampered or mismatched file")
         state = load_file(str(st_path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ModelFileError(st_path, f"not a valid safetensors file ({e})") from None
+        problem = f"cannot read ({e.strerror})" if isinstance(e, OSError) and e.strerror else f"not a valid safetensors file ({e})"
+        raise ModelFileError(st_path, problem) from None
     try:
         net = build(meta["arch"], len(meta["classes"]), **meta.get("arch_kwargs", {}))
-        net.load_state_dict(state, strict=True)
+        _load_weights(net, state, meta, json_path)
     except (KeyError, RuntimeError, TypeError) as e:
         first = " ".join(str(e).split())[:200]  # one line: the header and the first mismatches
         raise ModelFileError(st_path, f"weights do not fit architecture {meta['arch']!r} ({first})") from None

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from .errors import BirdcnnError, ImageError
+from .errors import BirdcnnError, ImageError, display_path
 from .images import is_image_path, load_for_model
 from .modelfile import Classifier, load_model
 
@@ -20,9 +21,11 @@ def sample_images() -> list[Path]:
     return sorted(folder.glob("*.png"))
 
 
-def classify(paths: list[str | Path], model: Classifier | None = None, batch_size: int = 256) -> list[dict]:
-    """Classify image files. Returns one record per path, in order: the prediction, or
-    `{"path", "error"}` for a file that could not be read."""
+def classify(paths: list[str | Path] | str | Path, model: Classifier | None = None, batch_size: int = 256) -> list[dict]:
+    """Classify image files (a list of paths, or one path). Returns one record per path, in order:
+    the prediction, or `{"path", "error"}` for a file that could not be read."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]  # not one record per character
     model = model or load_model()
     records: list[dict] = []
     good: list[tuple[int, np.ndarray]] = []
@@ -46,18 +49,21 @@ def _fill(model: Classifier, good: list[tuple[int, np.ndarray]], records: list[d
             records[i].update(model.describe(p))
 
 
-def expand_inputs(items: list[str]) -> list[Path]:
-    """Files as given; a folder contributes the images directly inside it (sorted)."""
-    paths: list[Path] = []
+def expand_inputs(items: list[str]) -> list[Path | ImageError]:
+    """Files as given; a folder contributes the images directly inside it (sorted), or, when it
+    holds none or cannot be listed, an `ImageError` in its place (that item fails, not the run)."""
+    paths: list[Path | ImageError] = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
-            inside = sorted(q for q in p.iterdir() if q.is_file() and is_image_path(q))
-            if not inside:
-                raise BirdcnnError(f"{p}: folder holds no images (use 'birdcnn search' for nested folders)")
-            paths.extend(inside)
-        else:
+        if not os.path.isdir(p):  # False, not an error, for a name the system refuses: open_image says why
             paths.append(p)
+            continue
+        try:
+            inside = sorted(q for q in p.iterdir() if q.is_file() and is_image_path(q))
+        except OSError as e:
+            paths.append(ImageError(p, f"cannot list folder ({e.strerror or e})"))
+            continue
+        paths.extend(inside or [ImageError(p, "folder holds no images (use 'birdcnn search' for nested folders)")])
     return paths
 
 
@@ -73,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
     if not items:
         raise BirdcnnError("no images given (pass IMAGE paths, or --samples)")
     model = load_model(args.model)
-    records = classify(expand_inputs(items), model)
+    inputs = expand_inputs(items)
+    found = iter(classify([p for p in inputs if isinstance(p, Path)], model))
+    records = [next(found) if isinstance(p, Path) else {"path": p.path, "error": p.problem} for p in inputs]
+    for r in records:
+        r["path"] = display_path(r["path"])  # one line of valid text (JSON cannot hold undecodable bytes)
     failed = [r for r in records if "error" in r]
     if args.json:
         json.dump(records, sys.stdout, indent=2)

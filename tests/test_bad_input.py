@@ -1,0 +1,184 @@
+"""A corpus of bad input, one row per case: the real command in a fresh process, made to fail
+(or, for file names that are not text, to succeed) on input users really have.
+
+Every row expects its exit code, exactly one stderr line naming the file or field (none when
+the command succeeds), no traceback, valid UTF-8 on both streams (no raw bytes, no lone
+surrogates in JSON), and, where a good file sits beside the bad one, the good file's result.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from PIL import Image
+
+import birdcnn
+from birdcnn.cli import main
+from birdcnn.devices import check_device
+from birdcnn.errors import BirdcnnError
+from birdcnn.modelfile import default_model_path, save_model
+from birdcnn.models import build
+
+LATIN1 = os.fsdecode(b"\xe9t\xe9.jpg")         # "été" in Latin-1: not text on a UTF-8 system
+LATIN1_SHOWN = r"$'\xe9t\xe9.jpg'"              # how every command shows it (bash's quoting)
+MISSING_LATIN1 = os.fsdecode(b"\xe9-missing.jpg")
+LONG = "x" * 300 + ".jpg"                       # over the 255-byte name limit
+
+
+def photo(tmp: Path, photos: Path, name: str = "good.jpg") -> str:
+    """A small real bird photo (fast to locate and explain), saved as `name` in `tmp`."""
+    with Image.open(photos / "bird" / "partridge.jpg") as im:
+        im.convert("RGB").resize((192, 128), Image.Resampling.BICUBIC).save(tmp / name, quality=90)
+    return name
+
+
+def model(tmp: Path, **changes) -> str:
+    """A copy of the shipped model with its metadata changed; returns the folder to pass as --model."""
+    src = default_model_path()
+    (tmp / "model").mkdir()
+    shutil.copy(src.with_suffix(".safetensors"), tmp / "model" / "model.safetensors")
+    meta = {**json.loads(src.read_text()), **changes}
+    (tmp / "model" / "model.json").write_text(json.dumps(meta))
+    return "model"
+
+
+def empty_folder(tmp: Path, name: str) -> str:
+    (tmp / name).mkdir()
+    return name
+
+
+@dataclass(frozen=True)
+class Case:
+    make: Callable[[Path, Path], list[str]]   # (tmp_path, photos) -> the command's arguments; makes the input
+    code: int
+    error: str | None                         # what the one stderr line contains; None: stderr is empty
+    output: str | None = None                 # what stdout contains: the good file's result
+    writes: str | None = None                 # a file the command must have written, in tmp_path
+
+
+CASES = {
+    # 1: file names that are not text in the file system's encoding
+    "1 predict --json: name not UTF-8": Case(
+        lambda t, p: ["predict", photo(t, p, LATIN1), MISSING_LATIN1, "--json"],
+        1, r"$'\xe9-missing.jpg': no such file", output=json.dumps(LATIN1_SHOWN)),
+    "1 locate: name not UTF-8": Case(
+        lambda t, p: ["locate", photo(t, p, LATIN1), "--out", "heat.png", "--scales", "0.5", "--stride", "0.5"],
+        0, None, output=f"{LATIN1_SHOWN} (192x128)", writes="heat.png"),
+    "1 explain: name not UTF-8": Case(
+        lambda t, p: ["explain", photo(t, p, LATIN1), "--out", "explained"],
+        0, None, output=f"{LATIN1_SHOWN}: ", writes="explained/explain.png"),
+    "1 augment-preview: name not UTF-8": Case(
+        lambda t, p: ["augment-preview", photo(t, p, LATIN1), "--n", "2", "--out", "aug.png"],
+        0, None, output="wrote aug.png", writes="aug.png"),
+    # 2: a name too long for the file system is that file's error, not the batch's
+    "2 predict: name too long": Case(
+        lambda t, p: ["predict", LONG, photo(t, p)], 1, f"{LONG}: cannot read", output="good.jpg: "),
+    "2 locate: name too long": Case(lambda t, p: ["locate", LONG, "--out", "heat.png"], 2, f"{LONG}: cannot read"),
+    "2 predict --model: name too long": Case(
+        lambda t, p: ["predict", photo(t, p), "--model", "m" * 300 + ".json"], 2, "m" * 300 + ".json: cannot read"),
+    # 4: a folder named like a photo, with nothing in it
+    "4 predict: empty folder x.jpg": Case(
+        lambda t, p: ["predict", empty_folder(t, "x.jpg"), photo(t, p)], 1, "x.jpg: folder holds no images",
+        output="good.jpg: "),
+    # 5: --out without a picture format
+    "5 locate --out without suffix": Case(
+        lambda t, p: ["locate", photo(t, p), "--out", "where"], 2, "where: --out must end in one of .jpeg, .jpg"),
+    # 7, 8: model metadata of the wrong type, or impossible (the full list is test_bad_metadata below)
+    "7 model input_size 0": Case(
+        lambda t, p: ["predict", photo(t, p), "--model", model(t, input_size=0)], 2, "metadata 'input_size' must be"),
+    "8 model temperature 0": Case(
+        lambda t, p: ["predict", photo(t, p), "--model", model(t, temperature=0)], 2, "metadata 'temperature' must be"),
+    # 15: a newline in a name stays on its line
+    "15 predict: newline in names": Case(
+        lambda t, p: ["predict", photo(t, p, "a\nb.jpg"), "c\nd.jpg"], 1, r"$'c\nd.jpg': no such file",
+        output=r"$'a\nb.jpg': "),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input(name, photos, tmp_path):
+    case = CASES[name]
+    args = case.make(tmp_path, photos)
+    r = subprocess.run([sys.executable, "-m", "birdcnn", *args], cwd=tmp_path, capture_output=True, timeout=300)
+    out, err = r.stdout.decode("utf-8"), r.stderr.decode("utf-8")  # strict: raw bytes or surrogates fail here
+    assert "Traceback" not in err, err
+    assert r.returncode == case.code, err
+    if case.error is None:
+        assert err == ""
+    else:
+        assert len(err.splitlines()) == 1 and case.error in err, err
+    assert "\\udc" not in out  # no lone surrogates escaped into JSON
+    if case.output is not None:
+        assert case.output in out, out
+    if case.writes is not None:
+        assert (tmp_path / case.writes).stat().st_size > 0
+
+
+# Model metadata: every field of the wrong type or with an impossible value is refused, naming
+# the field (in-process: the same code as the command, without a process start per row).
+BAD_METADATA = {
+    "format_version string": ({"format_version": "1"}, "'format_version' must be a whole number"),
+    "input_size 0": ({"input_size": 0}, "'input_size' must be a whole number of pixels"),
+    "input_size string": ({"input_size": "big"}, "'input_size' must be"),
+    "input_size true": ({"input_size": True}, "'input_size' must be"),
+    "threshold string": ({"threshold": "high"}, "'threshold' must be a probability"),
+    "threshold 5": ({"threshold": 5}, "'threshold' must be a probability from 0 to 1, not 5"),
+    "mean strings": ({"mean": ["0.5", "0.5", "0.5"]}, "'mean' must be three numbers"),
+    "std 0": ({"std": [0, 0.25, 0.25]}, "'std' must be three numbers above 0"),
+    "temperature 0": ({"temperature": 0}, "'temperature' must be a number above 0"),
+    "temperature NaN": ({"temperature": float("nan")}, "'temperature' must be a number above 0, not nan"),
+    "classes: 9 for 10 outputs": ({"classes": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                               "ship"]}, "'classes' names 9 classes but the weights have 10 outputs"),
+    "classes repeated": ({"classes": ["bird"] * 10}, "'classes' must be a list of two or more different class names"),
+    "arch unknown": ({"arch": "resnet"}, "'arch' must be one of the known architectures"),
+    "arch_kwargs not an object": ({"arch_kwargs": [1]}, "'arch_kwargs' must be"),
+    "input_size too small for the network": ({"input_size": 4}, "'input_size' 4 does not fit the network"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_METADATA)
+def test_bad_metadata(name, photos, tmp_path, capsys):
+    changes, words = BAD_METADATA[name]
+    code = main(["predict", photo(tmp_path, photos), "--model", str(tmp_path / model(tmp_path, **changes))])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and f"{tmp_path / 'model' / 'model.json'}: " in err and words in err, err
+
+
+def test_input_size_the_weights_cannot_take(photos, tmp_path, capsys):
+    # The article network's dense layer fixes its input size: 32 px weights cannot read 64 px images.
+    meta = {"arch": "article", "classes": ["not_bird", "bird"], "positive": "bird", "input_size": 64,
+            "mean": [0.5] * 3, "std": [0.25] * 3}
+    save_model(build("article", 2), meta, tmp_path / "article.json")
+    assert main(["predict", photo(tmp_path, photos), "--model", str(tmp_path / "article.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "article.json: metadata 'input_size' 64 does not fit the network" in err, err
+
+
+# 6: --device. No command of these takes it yet; train will, through check_device.
+def test_unavailable_device_is_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(BirdcnnError) as info:
+        check_device("cuda")
+    assert str(info.value) == "--device cuda: CUDA is not available on this machine (available: cpu)"
+    with pytest.raises(BirdcnnError, match="--device gpu: unknown device"):
+        check_device("gpu")
+    assert check_device("auto") == check_device("cpu") == torch.device("cpu")
+
+
+# 11: the Python API given one path, not a list
+def test_classify_takes_a_single_path(photos):
+    clf = birdcnn.load_model()
+    path = photos / "bird" / "partridge.jpg"
+    for one in (str(path), path):
+        records = birdcnn.classify(one, clf)
+        assert len(records) == 1 and records[0]["path"] == str(path) and records[0]["label"] == "bird"
