@@ -7,11 +7,13 @@ surrogates in JSON), and, where a good file sits beside the bad one, the good fi
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +26,7 @@ import birdcnn
 from birdcnn.cli import main
 from birdcnn.devices import check_device
 from birdcnn.errors import BirdcnnError
+from birdcnn.images import HEIF_PLUGIN as HEIF  # the optional birdcnn[heif]: its opener is registered now
 from birdcnn.modelfile import default_model_path, save_model
 from birdcnn.models import build
 
@@ -55,6 +58,56 @@ def empty_folder(tmp: Path, name: str) -> str:
     return name
 
 
+def classes(tmp: Path, photos: Path, name: str = "data", suffix: str = ".jpg", per_class: int = 4) -> str:
+    """`name`/bird and `name`/not_bird holding real photos reduced to 32 px (quick to train on),
+    saved as `suffix` (by content: a ".heic" without pillow-heif to write it holds a JPEG)."""
+    for c in ("bird", "not_bird"):
+        (tmp / name / c).mkdir(parents=True)
+        for f in sorted((photos / c).glob("*.jpg"))[:per_class]:
+            with Image.open(f) as im:
+                small = im.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC)
+            out = tmp / name / c / (f.stem + suffix)
+            small.save(out, format="JPEG" if suffix == ".heic" and not HEIF else None)
+    return name
+
+
+def one_split(tmp: Path, photos: Path, split: str) -> str:
+    """data/`split`/bird and data/`split`/not_bird only: the other split is missing."""
+    classes(tmp, photos, f"data/{split}")
+    return "data"
+
+
+def with_link(tmp: Path, photos: Path, target: str) -> str:
+    """Class folders with data/bird/bad.jpg a symbolic link to `target` (missing, or itself: a loop)."""
+    classes(tmp, photos)
+    (tmp / "data" / "bird" / "bad.jpg").symlink_to(target)
+    return "data"
+
+
+def archive(tmp: Path, name: str, files: dict[str, bytes]) -> str:
+    with tarfile.open(tmp / name, "w:gz") as tar:
+        for member, data in files.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return name
+
+
+TRAIN = ["--arch", "tiny", "--epochs", "0.5", "--batch-size", "4", "--val-size", "2", "--out", "run"]  # seconds
+# A device this machine lacks: plain CUDA on a CPU-only machine, else one past the last GPU.
+NO_DEVICE = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+# Impossible numbers for `train`: (option, value, what the option must be).
+BAD_NUMBERS = [
+    ("--lr", "-1", "a number above 0"), ("--lr", "nan", "a number above 0"), ("--epochs", "0", "a number above 0"),
+    ("--epochs", "inf", "a number above 0"), ("--batch-size", "0", "a whole number above 0"),
+    ("--label-smoothing", "1", "a number in [0, 1)"), ("--val-size", "-5", "a whole number above 0"),
+    ("--target-precision", "0", "a number in (0, 1]"), ("--target-precision", "1.5", "a number in (0, 1]"),
+    ("--blur-p", "-0.1", "a number in [0, 1]"), ("--shift", "-1", "a whole number 0 or more"),
+    ("--rotate", "-1", "a number 0 or more"), ("--blur", "-1", "a number 0 or more"),
+    ("--source-weights", "-2", "a number above 0"),
+]
+
+
 @dataclass(frozen=True)
 class Case:
     make: Callable[[Path, Path], list[str]]   # (tmp_path, photos) -> the command's arguments; makes the input
@@ -62,6 +115,9 @@ class Case:
     error: str | None                         # what the one stderr line contains; None: stderr is empty
     output: str | None = None                 # what stdout contains: the good file's result
     writes: str | None = None                 # a file the command must have written, in tmp_path
+    log: str | None = None                    # the command logs progress on stderr, which holds this; `error`
+                                              # is then one line of it (None: no line holds an error or warning)
+    usage: bool = False                       # refused by argparse: its usage, then the one error line
 
 
 CASES = {
@@ -96,6 +152,63 @@ CASES = {
         lambda t, p: ["predict", photo(t, p), "--model", model(t, input_size=0)], 2, "metadata 'input_size' must be"),
     "8 model temperature 0": Case(
         lambda t, p: ["predict", photo(t, p), "--model", model(t, temperature=0)], 2, "metadata 'temperature' must be"),
+    # 3: links to nothing in a training folder are skipped and reported; the good files are used
+    "3 train: dangling link": Case(
+        lambda t, p: ["train", "--data", with_link(t, p, "gone.jpg"), *TRAIN], 0,
+        "data/bird/bad.jpg: broken symbolic link", log="data: 6 training images", writes="run/model.json"),
+    "3 train: link loop": Case(
+        lambda t, p: ["train", "--data", with_link(t, p, "bad.jpg"), *TRAIN], 0,
+        "data/bird/bad.jpg: symbolic link loop", log="data: 6 training images", writes="run/model.json"),
+    "3 evaluate: dangling link": Case(
+        lambda t, p: ["evaluate", "--data", with_link(t, p, "gone.jpg"), "--json", "--out", "ev"], 1,
+        "data/bird/bad.jpg: broken symbolic link", output='"n": 8'),
+    # 6: a device this machine lacks is refused before the data is looked at (--data does not exist)
+    "6 train --device: not on this machine": Case(
+        lambda t, p: ["train", "--data", "nope", "--device", NO_DEVICE], 2, f"--device {NO_DEVICE}: "),
+    # 10: impossible numbers are refused while parsing, naming the option
+    **{f"10 train {opt} {value}": Case(
+        lambda t, p, a=(opt, value): ["train", "--data", "nope", *a], 2,
+        f"argument {opt}: must be {words}, not {value}", usage=True) for opt, value, words in BAD_NUMBERS},
+    "10 train --source-weights: one of several": Case(
+        lambda t, p: ["train", "--data", "a", "--data", "b", "--source-weights", "1", "0"], 2,
+        "argument --source-weights: must be a number above 0, not 0", usage=True),
+    # 12: train/ and test/ each work alone (ImageFolder's layout), and a missing split is named
+    "12 evaluate: only a test/ split": Case(
+        lambda t, p: ["evaluate", "--data", one_split(t, p, "test"), "--json", "--out", "ev"], 0, None,
+        output='"split": "test"'),
+    "12 train: only a test/ split": Case(
+        lambda t, p: ["train", "--data", one_split(t, p, "test")], 2,
+        "data: no training split: it has a test/ folder of class folders but no train/"),
+    "12 evaluate: only a train/ split": Case(
+        lambda t, p: ["evaluate", "--data", one_split(t, p, "train")], 2,
+        "data: no test split: it has a train/ folder of class folders but no test/"),
+    "12 train: only a train/ split": Case(
+        lambda t, p: ["train", "--data", one_split(t, p, "train"), *TRAIN], 0, None,
+        log="data: 6 training images", writes="run/model.json"),
+    # 13: any format Pillow reads, whatever its suffix says
+    "13 evaluate: .ppm photos": Case(
+        lambda t, p: ["evaluate", "--data", classes(t, p, suffix=".ppm"), "--json", "--out", "ev"], 0, None,
+        output='"n": 8'),
+    "13 search: .ppm photos": Case(
+        lambda t, p: ["search", classes(t, p, suffix=".ppm")], 0, None, log="8 photos scanned"),
+    **({"13 evaluate: .heic photos (pillow-heif)": Case(
+        lambda t, p: ["evaluate", "--data", classes(t, p, suffix=".heic"), "--json", "--out", "ev"], 0, None,
+        output='"n": 8')} if HEIF else {
+        "13 train: archive of .heic photos only, no pillow-heif": Case(
+            lambda t, p: ["train", "--data", archive(t, "heic.tar.gz", {
+                f"{c}/{i}.heic": (p / c / f).read_bytes()
+                for c in ("bird", "not_bird") for i, f in enumerate(sorted(os.listdir(p / c))[:2])})], 2,
+            "heic.tar.gz: no images in its class folders (bird, not_bird) "
+            "(found only 4 .heic (install birdcnn[heif] to read HEIC))")}),
+    # 14: an archive without class folders of images is named as given, not as its copy in the cache
+    "14 train: .tar.gz of loose photos": Case(
+        lambda t, p: ["train", "--data", archive(t, "loose.tar.gz", {"photos/a.jpg": (p / "bird" / "cock.jpg").read_bytes(),
+                                                                     "photos/b.jpg": (p / "bird" / "crane.jpg").read_bytes()})],
+        2, "error: loose.tar.gz: no class folders inside"),
+    "14 evaluate: .tar.gz of class folders without images": Case(
+        lambda t, p: ["evaluate", "--data", archive(t, "notes.tar.gz", {"bird/a.txt": b"a", "bird/b.txt": b"b",
+                                                                        "cat/README": b"c"})],
+        2, "error: notes.tar.gz: no images in its class folders (bird, cat) (found only 2 .txt, 1 (no suffix))"),
     # 15: a newline in a name stays on its line
     "15 predict: newline in names": Case(
         lambda t, p: ["predict", photo(t, p, "a\nb.jpg"), "c\nd.jpg"], 1, r"$'c\nd.jpg': no such file",
@@ -111,10 +224,18 @@ def test_bad_input(name, photos, tmp_path):
     out, err = r.stdout.decode("utf-8"), r.stderr.decode("utf-8")  # strict: raw bytes or surrogates fail here
     assert "Traceback" not in err, err
     assert r.returncode == case.code, err
-    if case.error is None:
+    lines = err.splitlines()
+    if case.usage:  # argparse's way: the usage, then one line saying what is wrong
+        assert lines[0].startswith("usage: ") and lines[-1].startswith("birdcnn ") and case.error in lines[-1], err
+        assert sum("error" in line for line in lines) == 1, err
+    elif case.log is not None:
+        assert case.log in err, err
+        words = [case.error] if case.error else ["error", "warning"]
+        assert sum(any(w in line for w in words) for line in lines) == (1 if case.error else 0), err
+    elif case.error is None:
         assert err == ""
     else:
-        assert len(err.splitlines()) == 1 and case.error in err, err
+        assert len(lines) == 1 and case.error in err, err
     assert "\\udc" not in out  # no lone surrogates escaped into JSON
     if case.output is not None:
         assert case.output in out, out
@@ -163,7 +284,7 @@ def test_input_size_the_weights_cannot_take(photos, tmp_path, capsys):
     assert err.count("\n") == 1 and "article.json: metadata 'input_size' 64 does not fit the network" in err, err
 
 
-# 6: --device. No command of these takes it yet; train will, through check_device.
+# 6: --device (train checks it up front: the "6 train --device" row above).
 def test_unavailable_device_is_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)

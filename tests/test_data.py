@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from birdcnn import data as D
 from birdcnn.errors import DataError
-from birdcnn.images import load_for_model
+from birdcnn.images import HEIF_PLUGIN, fit_square, load_for_model, readable_suffixes
 from birdcnn.train import TrainConfig, prepare_data
 
 CLASSES = D.CIFAR10_CLASSES
@@ -62,6 +63,102 @@ def test_other_sizes_and_unreadable_files_are_reported(photos, tmp_path):
     assert ds.classes == ["bird", "not_bird"] and np.bincount(ds.labels).tolist() == [10, 30]
     assert ds.images.shape == (40, 48, 48, 3)
     assert len(ds.skipped) == 1 and "broken.jpg" in ds.skipped[0] and "not an image" in ds.skipped[0]
+
+
+def test_links_to_nothing_are_skipped_and_reported(cifar_small, tmp_path, monkeypatch):
+    monkeypatch.setenv("BIRDCNN_CACHE", str(tmp_path / "cache"))
+    for c in ("bird", "cat"):
+        shutil.copytree(cifar_small / "test" / c, tmp_path / "data" / c)
+    (tmp_path / "data" / "bird" / "dangling.jpg").symlink_to("gone.jpg")
+    (tmp_path / "data" / "cat" / "loop.jpg").symlink_to("loop.jpg")
+    ds = D.load_split(tmp_path / "data", "train")
+    assert len(ds) == 40 and sorted(ds.skipped) == [f"{tmp_path}/data/bird/dangling.jpg: broken symbolic link",
+                                                    f"{tmp_path}/data/cat/loop.jpg: symbolic link loop"]
+    # The link mended: the listing (the cache key) changes, and the photo is used.
+    shutil.copy(cifar_small / "test" / "bird" / "0000.jpg", tmp_path / "data" / "bird" / "gone.jpg")
+    mended = D.load_split(tmp_path / "data", "train")
+    assert len(mended) == 42 and len(mended.skipped) == 1 and mended.fingerprint != ds.fingerprint
+
+
+def test_any_suffix_pillow_reads_and_other_files_counted(cifar_small, tmp_path):
+    bird = tmp_path / "data" / "bird"
+    bird.mkdir(parents=True)
+    with Image.open(cifar_small / "test" / "bird" / "0000.jpg") as im:
+        im.save(bird / "a.ppm")
+        im.save(bird / "b.pgm")
+        im.save(bird / "c.heic", format="JPEG")  # a JPEG named .heic: read by its content when listed
+    for name in ("notes.txt", "more.txt", "sub/deep.txt", "README", ".DS_Store", "scan.pdf"):
+        (bird / name).parent.mkdir(exist_ok=True)
+        (bird / name).write_text("not an image")
+    listing = D.scan_class_folder(tmp_path / "data")
+    names = [p.name for p, _ in listing.files]
+    assert names == (["a.ppm", "b.pgm", "c.heic"] if HEIF_PLUGIN else ["a.ppm", "b.pgm"])
+    assert dict(listing.other.counts) == {".txt": 3, "(no suffix)": 1, ".pdf": 1, **({} if HEIF_PLUGIN else {".heic": 1})}
+    assert str(listing.other) == ("3 .txt, 1 (no suffix), 1 .pdf" if HEIF_PLUGIN else
+                                  "3 .txt, 1 (no suffix), 1 .heic (install birdcnn[heif] to read HEIC), 1 .pdf")
+    assert D.list_class_folder(tmp_path / "data") == (listing.classes, listing.files)
+    ds = D.load_split(tmp_path / "data", "train")
+    assert len(ds) == len(names) and not ds.skipped
+
+
+def test_readable_suffixes_are_what_pillow_opens():
+    suffixes = readable_suffixes()
+    assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".avif"} <= suffixes
+    assert not {".pdf", ".mpg", ".eps", ".h5", ".txt", ".json"} & suffixes  # save-only, video, Ghostscript, stubs
+    assert ({".heic", ".heif"} <= suffixes) == HEIF_PLUGIN
+
+
+def test_real_heic_with_pillow_heif(photo, tmp_path):
+    pytest.importorskip("pillow_heif", reason="optional: pip install birdcnn[heif]")
+    photo.save(tmp_path / "photo.heic", quality=90)
+    assert (tmp_path / "photo.heic").read_bytes()[4:12] == b"ftypheic"  # really HEIC, not a renamed JPEG
+    expected = np.asarray(fit_square(photo, 32), dtype=float)
+    assert np.abs(load_for_model(tmp_path / "photo.heic", 32) - expected).mean() < 8
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_lone_split_folder_is_a_split(cifar_small, tmp_path, split):
+    # data/test/<class>/ alone is the test split (not one class called "test"); the missing split is named.
+    for c in ("bird", "cat"):
+        shutil.copytree(cifar_small / split / c, tmp_path / "data" / split / c)
+    r = D.resolve_source(tmp_path / "data")
+    assert r.split_folders and r.has_test_split == (split == "test")
+    ds = D.load_split(r, split)
+    assert ds.classes == ["bird", "cat"] and len(ds) == (120 if split == "train" else 40)
+    other = {"train": "test", "test": "train"}[split]
+    with pytest.raises(DataError, match=f"data: no {'training' if other == 'train' else 'test'} split: "
+                                        f"it has a {split}/ folder of class folders but no {other}/"):
+        D.load_split(r, other)
+    # The same in an archive: a lone test/ inside is not a wrapper to step into.
+    arc = tar_folder(tmp_path / "data", tmp_path / "lone.tar.gz", ".")
+    r = D.resolve_source(arc)
+    assert r.split_folders and r.archive == arc and r.name == arc and len(D.load_split(r, split)) == len(ds)
+    with pytest.raises(DataError, match=f"^{arc}: no "):
+        D.load_split(r, other)
+
+
+def test_a_class_called_test_is_still_a_class(cifar_small, tmp_path):
+    # test/ holding photos, not class folders, is a class of its own.
+    for c in ("bird", "test"):
+        shutil.copytree(cifar_small / "test" / "bird", tmp_path / "data" / c)
+    r = D.resolve_source(tmp_path / "data")
+    assert not r.split_folders and D.load_split(r, "train").classes == ["bird", "test"]
+
+
+@pytest.mark.parametrize("members, words", [
+    ({"photos/a.jpg": "bird/0000.jpg", "photos/b.jpg": "bird/0001.jpg"}, "no class folders inside"),
+    ({"bird/a.txt": None, "cat/b.txt": None}, "no images in its class folders (bird, cat) (found only 2 .txt)"),
+])
+def test_archive_without_class_folders_of_images_names_the_archive(cifar_small, tmp_path, members, words):
+    arc = tmp_path / "mine.tar.gz"
+    with tarfile.open(arc, "w:gz") as tar:
+        for name, src in members.items():
+            path = cifar_small / "test" / src if src else tmp_path / "note"
+            path.exists() or path.write_text("not an image")
+            tar.add(path, arcname=name)
+    with pytest.raises(DataError) as info:
+        D.resolve_source(arc)
+    assert str(info.value).startswith(f"{arc}: {words}") and "extracted" not in str(info.value)
 
 
 def tar_folder(src: Path, dest: Path, arcname: str) -> Path:

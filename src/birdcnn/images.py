@@ -6,16 +6,29 @@ decompression bombs are handled the same way everywhere.
 """
 from __future__ import annotations
 
+import errno
+import functools
+import os
 import stat
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, display_path  # noqa: F401 (display_path: public here too)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+try:  # HEIC/HEIF (iPhone photos) only with the optional plugin: pip install birdcnn[heif]
+    from pillow_heif import register_heif_opener
+except ImportError:
+    HEIF_PLUGIN = False
+else:
+    register_heif_opener()
+    HEIF_PLUGIN = True
+HEIF_SUFFIXES = frozenset({".heic", ".heics", ".heif", ".heifs", ".hif"})
+# Formats Pillow opens that are not photos to read here: video (MPEG) and PostScript (needs Ghostscript).
+_NOT_PHOTOS = {"MPEG", "EPS"}
 FIGURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".pdf", ".svg"}  # what the commands' pictures (matplotlib) can be saved as
 # JPEGs are draft-decoded to at least this many times the model's input size. Measured on the
 # 40 shared photos against a full decode: drafting at 1x changed the top class of 6 photos
@@ -26,8 +39,53 @@ DRAFT_SCALE = 4
 MAX_PIXELS = 120_000_000
 
 
-def is_image_path(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
+@functools.cache
+def readable_suffixes() -> frozenset[str]:
+    """The suffixes (".jpg", ".ppm", ...) of every image format Pillow can open here, HEIC too
+    with pillow-heif. Stubs that have no decoder (BUFR, GRIB, HDF5, WMF) and save-only formats
+    (PDF) are left out: their files could only fail."""
+    def opens(fmt: str) -> bool:
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        stub = isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
+        return factory is not None and not stub and fmt not in _NOT_PHOTOS
+
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if opens(fmt))
+
+
+def __getattr__(name: str):
+    # IMAGE_SUFFIXES is worked out on first use: Image.init() imports every Pillow plugin
+    # (~35 ms), which a command given only JPEG and PNG files never needs.
+    if name == "IMAGE_SUFFIXES":
+        return readable_suffixes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    return os.path.splitext(path)[1].lower() in readable_suffixes()
+
+
+class OtherFiles:
+    """Files a folder walk passed over as not images, counted by suffix, for one line such as
+    "3 .txt, 1 .heic (install birdcnn[heif] to read HEIC)": a folder of iPhone photos, or of
+    images with a suffix Pillow does not know, must not look empty without a word."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def add(self, name: str | os.PathLike) -> None:
+        self.counts[os.path.splitext(name)[1].lower() or "(no suffix)"] += 1
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+    def __str__(self) -> str:
+        items, hint = [], not HEIF_PLUGIN
+        for suffix, n in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            items.append(f"{n} {suffix}")
+            if hint and suffix in HEIF_SUFFIXES:  # once, beside the first HEIC count
+                items[-1] += " (install birdcnn[heif] to read HEIC)"
+                hint = False
+        return ", ".join(items)
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -59,10 +117,13 @@ def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
     try:
         st = path.stat()
     except (FileNotFoundError, NotADirectoryError):
-        raise ImageError(path, "no such file") from None
+        # A listed name that leads nowhere is a link to nothing (checked only on failure).
+        raise ImageError(path, "broken symbolic link" if path.is_symlink() else "no such file") from None
     except PermissionError:
         raise ImageError(path, "permission denied") from None
     except (OSError, ValueError) as e:  # a name too long, a loop of links, a NUL in the name...
+        if getattr(e, "errno", None) == errno.ELOOP:
+            raise ImageError(path, "symbolic link loop") from None
         raise ImageError(path, f"cannot read ({getattr(e, 'strerror', None) or e})") from None
     if stat.S_ISDIR(st.st_mode):
         raise ImageError(path, "is a folder, not an image")
