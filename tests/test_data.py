@@ -241,7 +241,8 @@ def test_official_cifar_format(official, form):
 def test_training_data_from_the_official_format(official, form):
     # Training finds the official test split beside the training batches.
     source = official[1] if form == "archive" else official[0]
-    train, val, test = prepare_data(TrainConfig(data=str(source), arch="tiny", val_size=30).resolved())
+    mixed = prepare_data(TrainConfig(data=str(source), arch="tiny", val_size=30).resolved())
+    train, val, [(_, test)] = mixed.train, mixed.val, mixed.tests
     assert (len(train), len(val), len(test)) == (270, 30, 40)
     assert train.classes == test.classes == CLASSES
 
@@ -412,10 +413,12 @@ def test_prepare_data_binary_with_extra_positive(cifar_small, photos):
     cfg = TrainConfig(data=str(cifar_small), arch="article", extra_positive=str(photos / "bird"),
                       val_size=100).resolved()
     assert cfg.classes == "binary"  # the article's recipe
-    train, val, test = prepare_data(cfg)
+    mixed = prepare_data(cfg)
+    train, val, [(_, test)] = mixed.train, mixed.val, mixed.tests
     assert train.classes == val.classes == test.classes == ["not_bird", "bird"]
     assert len(train) == 500 + 10 and len(val) == 100 and len(test) == 200
-    plain_train, _, _ = prepare_data(TrainConfig(data=str(cifar_small), arch="article", val_size=100).resolved())
+    assert len(mixed.train_source) == len(train) and mixed.infos[-1].counts == {"bird": 10}
+    plain_train = prepare_data(TrainConfig(data=str(cifar_small), arch="article", val_size=100).resolved()).train
     assert train.labels.sum() == plain_train.labels.sum() + 10  # the extras are birds, in training only
     assert test.labels.sum() == 20
 

@@ -100,3 +100,74 @@ def random_blur(x: torch.Tensor, max_sigma: float, p: float, gen: torch.Generato
     y = F.conv2d(y, kk[:, None, None, :], groups=n * c)          # horizontal pass
     y = F.conv2d(y, kk[:, None, :, None], groups=n * c)          # vertical pass
     return y.reshape(n, c, h, w)
+
+
+# ---------------------------------------------------------------- photo views (training on real photos)
+
+@dataclass
+class PhotoViews:
+    """Cut each training image's view from its stored copy (`store` px, `STORE_SCALE` x the input).
+
+    Thumbnails (CIFAR-10) keep their recipe: the whole image, moved by up to `shift` input pixels.
+    (A thumbnail's stored copy repeats each pixel, so a 2x2 mean gives it back exactly.)
+    Photos get what a photo meets in `predict`, `search --crops` and `locate`: random-resized
+    crops (area `min_area`..1 of the model's square view, aspect 3:4..4:3) and colour changes;
+    non-positive photos are cut down to `negative_min_area` (locate's smallest windows), so that
+    pieces of non-bird photos are learned as "not bird". Positive photos stop at `min_area`, where
+    a crop still holds most of the bird.
+    """
+
+    size: int = 32
+    shift: int = 2
+    min_area: float = 0.35
+    negative_min_area: float = 0.03
+    colour: float = 0.3      # brightness, contrast and saturation factors in 1 +- colour
+    grey_p: float = 0.05     # some photos are black and white
+
+    def __call__(self, x: torch.Tensor, photo: torch.Tensor, positive: torch.Tensor,
+                 gen: torch.Generator | None = None) -> torch.Tensor:
+        """x: (N, 3, S, S) float 0..255 stored images; photo, positive: (N,) bool. -> (N, 3, size, size)."""
+        from torchvision.ops import roi_align
+
+        n, c, s, _ = x.shape
+        photo, positive = photo.to(x.device), positive.to(x.device)
+        out = torch.empty(n, c, self.size, self.size, device=x.device)
+        thumb = ~photo
+        if thumb.any():  # the exact original (2x2 mean of repeated pixels), then the recipe's shift
+            t = F.avg_pool2d(x[thumb], s // self.size)
+            out[thumb] = random_shift(t, self.shift, gen) if self.shift else t
+        m = int(photo.sum())
+        if m:  # torchvision's RandomResizedCrop rule, batched
+            lo = torch.where(positive[photo].cpu(), self.min_area, self.negative_min_area)
+            area = lo + (1 - lo) * torch.rand(m, generator=gen)
+            ratio = torch.exp((torch.rand(m, generator=gen) * 2 - 1) * math.log(4 / 3))
+            cw = (s * torch.sqrt(area * ratio)).clamp(max=s)
+            ch = (s * torch.sqrt(area / ratio)).clamp(max=s)
+            cx, cy = torch.rand(m, generator=gen) * (s - cw), torch.rand(m, generator=gen) * (s - ch)
+            boxes = torch.stack([torch.arange(m, dtype=torch.float32), cx, cy, cx + cw, cy + ch], 1).to(x.device)
+            # roi_align: bilinear samples, 2x2 per output pixel, averaged (antialiased when shrinking).
+            p = roi_align(x[photo].contiguous(), boxes, self.size, 1.0, 2, True)
+            out[photo] = colour_jitter(p, self.colour, self.grey_p, gen)
+        return out
+
+
+def colour_jitter(x: torch.Tensor, amount: float, grey_p: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Random brightness, contrast and saturation (each a factor in 1 +- amount; saturation 0,
+    i.e. grey, for a fraction grey_p), per image, on (N, 3, H, W) 0..255 floats.
+
+    All three are linear in the pixel, so they fold into one 3x3 colour matrix and an offset per
+    image: one batched matmul instead of a dozen full-size passes (measured 10x faster on 2 cores).
+    """
+    n, dev = len(x), x.device
+    b, c, s = ((1 + (_rand(n, gen, dev) * 2 - 1) * amount) for _ in range(3))
+    s = torch.where(_rand(n, gen, dev) < grey_p, torch.zeros_like(s), s)
+    w = torch.tensor(GREY_WEIGHTS, device=dev)
+    eye = torch.eye(3, device=dev)
+    sat = s.view(-1, 1, 1) * eye + (1 - s).view(-1, 1, 1) * w.view(1, 1, 3)   # g + (x - g) * s
+    mat = (c * b).view(-1, 1, 1) * sat                                         # contrast about the mean grey
+    offset = (1 - c) * b * (x.mean((2, 3)) @ w)                                # ... of the brightened image
+    y = torch.einsum("nij,njhw->nihw", mat, x) + offset.view(-1, 1, 1, 1)
+    return y.clamp_(0, 255)
+
+
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as Pillow's convert("L")

@@ -22,12 +22,13 @@ import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
 from .atomic import write_atomic
 from .errors import DataError, ImageError
-from .images import is_image_path, load_for_model
+from .images import OtherFiles, is_image_path, load_for_model
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -45,6 +46,7 @@ class Dataset:
     fingerprint: str = ""
     paths: list[str] | None = None
     skipped: list[str] = field(default_factory=list)  # "path: problem" for unreadable files
+    source_classes: list[str] | None = None  # the classes this data can hold, when fewer than `classes`
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -174,16 +176,63 @@ def class_names(*roots: Path) -> list[str]:
     return sorted({d.name for r in roots for d in r.iterdir() if d.is_dir() and not d.name.startswith(".")})
 
 
-def list_class_folder(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+class _LinkToNothing(type(Path())):
+    """A listed image that is a link to nothing (dangling, or a loop of links). It stays listed so
+    that decoding skips and reports it like any unreadable image; `stat` describes the link itself,
+    so listing it cannot fail, and fixing the link changes the listing (the cache key)."""
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        return super().stat(follow_symlinks=False)
+
+
+def _walk_files(folder: str | Path) -> Iterator[os.DirEntry]:
+    """The files under `folder` in os.walk's order (a folder's files by name, then its sub-folders
+    by name), links to folders not followed, as os.walk does; the entries tell links apart for free."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return  # as os.walk: an unreadable folder is passed over
+    subfolders = []
+    for e in entries:
+        try:
+            is_dir = e.is_dir()
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            yield e
+        elif not e.is_symlink():
+            subfolders.append(e.path)
+    for sub in subfolders:
+        yield from _walk_files(sub)
+
+
+class ClassFolderListing(NamedTuple):
+    classes: list[str]
+    files: list[tuple[Path, int]]  # (image file, class index); links to nothing included: decoding reports them
+    other: OtherFiles              # files passed over as not images, by suffix: str() is the one-line report
+
+
+def scan_class_folder(root: Path, classes: list[str] | None = None) -> ClassFolderListing:
+    """The image files of each class folder under `root` (recursively), and the other files counted."""
     classes = classes or class_names(root)
     files: list[tuple[Path, int]] = []
+    other = OtherFiles()
     for i, c in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / c):
-            dirnames.sort()
-            for f in sorted(filenames):
-                p = Path(dirpath) / f
-                if is_image_path(p):
-                    files.append((p, i))
+        for e in _walk_files(root / c):
+            if not is_image_path(e.name):
+                if not e.name.startswith("."):  # .DS_Store and the like: hidden, so not reported
+                    other.add(e.name)
+            elif e.is_symlink() and not os.path.exists(e.path):
+                files.append((_LinkToNothing(e.path), i))
+            else:
+                files.append((Path(e.path), i))
+    return ClassFolderListing(classes, files, other)
+
+
+def list_class_folder(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(classes, image files with class indices) of `root`: `scan_class_folder` without the counts."""
+    classes, files, _ = scan_class_folder(root, classes)
     return classes, files
 
 
@@ -277,9 +326,10 @@ def _extract_archive(path: Path) -> Path:
 
 
 def _folder_root(folder: Path) -> Path:
-    """An extracted archive often wraps everything in one top folder: step into it."""
+    """An extracted archive often wraps everything in one top folder: step into it (not into a
+    lone train/ or test/ split: that is the data's layout, not a wrapper)."""
     entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
-    if len(entries) == 1 and entries[0].is_dir():
+    if len(entries) == 1 and entries[0].is_dir() and entries[0].name not in SPLITS:
         return entries[0]
     return folder
 
@@ -294,24 +344,65 @@ def _is_cifar_folder(folder: Path) -> Path | None:
 CIFAR_BATCH_FILES = ("data_batch_", "test_batch", "batches.meta", "readme.html")  # the official archive
 
 
+SPLITS = ("train", "test")
+
+
+def _has_split_folders(folder: Path) -> bool:
+    """Whether `folder` holds train/ and/or test/ folders of class folders (ImageFolder's layout),
+    rather than class folders one of which happens to be called "test"."""
+    return any((folder / s).is_dir() and class_names(folder / s) for s in SPLITS)
+
+
 @dataclass(frozen=True)
 class ResolvedSource:
     """What a `--data` source is, found without decoding an image (shared by train and evaluate)."""
 
     kind: str                    # "cifar-archive", "cifar-folder" or "class-folders"
     path: Path                   # the archive, the folder of CIFAR batches, or the folder of class folders
-    split_folders: bool = False  # class folders with train/ and test/ sub-folders
+    split_folders: bool = False  # class folders in train/ and/or test/ sub-folders
+    archive: Path | None = None  # the user's archive that `path` was extracted from (into the cache)
+
+    @property
+    def name(self) -> Path:
+        """The source as the user knows it, for messages: the archive, not its copy in the cache."""
+        return self.archive or self.path
 
     @property
     def has_test_split(self) -> bool:
-        return self.kind != "class-folders" or self.split_folders
+        return self.kind != "class-folders" or (self.split_folders and (self.path / "test").is_dir())
 
     def class_folder(self, split: str) -> tuple[Path, list[str]]:
         """(folder of class folders for `split`, class names); both splits share one class list,
         so a class missing from test/ cannot shift the labels."""
         if not self.split_folders:
             return self.path, class_names(self.path)
-        return self.path / split, class_names(self.path / "train", self.path / "test")
+        present = [s for s in SPLITS if (self.path / s).is_dir()]
+        if split not in present:
+            other = present[0]
+            hint = ("training needs train/<class>/ folders of images beside it" if split == "train"
+                    else "to measure on the training images, give its train/ folder as the data")
+            raise DataError(f"{self.name}: no {'training' if split == 'train' else 'test'} split: "
+                            f"it has a {other}/ folder of class folders but no {split}/ ({hint})")
+        return self.path / split, class_names(*(self.path / s for s in present))
+
+
+def _check_extracted(r: ResolvedSource) -> None:
+    """An archive without class folders of images is refused naming the archive, not the copy
+    extracted into the cache (stops at the first image: a big archive costs one folder read)."""
+    roots = [r.path / s for s in SPLITS if (r.path / s).is_dir()] if r.split_folders else [r.path]
+    classes = [root / c for root in roots for c in class_names(root)]
+    if not classes:
+        raise DataError(f"{r.name}: no class folders inside (expected e.g. bird/*.jpg and not_bird/*.jpg, "
+                        f"or train/ and test/ folders holding them)")
+    other = OtherFiles()
+    for folder in classes:
+        for e in _walk_files(folder):
+            if is_image_path(e.name):
+                return
+            if not e.name.startswith("."):
+                other.add(e.name)
+    found = f" (found only {other})" if other else ""
+    raise DataError(f"{r.name}: no images in its class folders ({', '.join(sorted({c.name for c in classes}))}){found}")
 
 
 def resolve_source(source: str | Path | ResolvedSource) -> ResolvedSource:
@@ -335,12 +426,17 @@ def resolve_source(source: str | Path | ResolvedSource) -> ResolvedSource:
             raise DataError(f"{path}: corrupt or truncated archive ({e})") from None
         if first is not None and Path(first.name).name.startswith(CIFAR_BATCH_FILES):
             return ResolvedSource("cifar-archive", path)
-        path = _folder_root(_extract_archive(path))
+        archive, path = path, _folder_root(_extract_archive(path))
+    else:
+        archive = None
     if not path.is_dir():
         raise DataError(f"{path}: not a folder")
     if (cifar := _is_cifar_folder(path)) is not None:
         return ResolvedSource("cifar-folder", cifar)
-    return ResolvedSource("class-folders", path, (path / "train").is_dir() and (path / "test").is_dir())
+    r = ResolvedSource("class-folders", path, _has_split_folders(path), archive)
+    if archive is not None:
+        _check_extracted(r)
+    return r
 
 
 def load_split(source: str | Path | ResolvedSource, split: str = "train", size: int = 32) -> Dataset:

@@ -26,6 +26,7 @@ from . import data as D
 from . import metrics as M
 from .errors import BirdcnnError, DataError
 from .modelfile import Classifier, load_model
+from .sources import canonical_class
 
 CHUNK = 2000  # images decoded and classified at a time
 GROUPS = ("tp", "tn", "fp", "fn")  # the four galleries: true/false positives/negatives
@@ -131,6 +132,7 @@ class Evaluation:
     class_correct: np.ndarray | None = None     # (N,) bool: top class is the true class
     galleries: dict[str, Extremes] = field(default_factory=dict)  # "tp", "tn", "fp", "fn"
     data_classes: list[str] = field(default_factory=list)
+    false_alarms: dict[str, dict] = field(default_factory=dict)  # per non-positive folder, highest rate first
 
     @property
     def n(self) -> int:
@@ -141,6 +143,8 @@ class Evaluation:
         out = {"n": self.n, "threshold": self.threshold, "bird": {k: _r(v) for k, v in self.bird.items()}}
         if self.classes is not None:
             out["classes"] = self.classes
+        if self.false_alarms:
+            out["false_alarms"] = self.false_alarms
         out.update({"positive": self.positive, "threshold_rule": self.threshold_rule, "target": self.target,
                     "model": self.model, "data": self.data, "split": self.split,
                     "skipped": list(self.skipped), "n_skipped": len(self.skipped), "seconds": round(self.seconds, 2)})
@@ -157,37 +161,55 @@ def _r(v):
     return round(v, 6) if isinstance(v, float) else v
 
 
-def _label_maps(source: Source, model: Classifier) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+def _label_maps(source: Source, model: Classifier, any_classes: bool = False) -> tuple[np.ndarray, np.ndarray | None, str | None]:
     """(data label -> is positive, data label -> model class index or None, note when there is none).
 
-    The positive class is matched by name; a source with no positive folder must say so by
-    naming one ``not_<positive>`` (else a typo such as 'birds' would silently mean "no birds")."""
+    Class names meet as in training (`sources.canonical_class`: 'car' is 'automobile'). Every
+    folder not named like the positive class counts as "not positive"; a source with no positive
+    folder must say so by naming one ``not_<positive>`` (else a typo such as 'brids' would
+    silently mean "no birds"), unless `any_classes` (data known to hold none, e.g. for false alarms)."""
     pos, classes = model.positive, source.classes
-    if pos not in classes and f"not_{pos}" not in classes:
+    names = [canonical_class(c) for c in classes]
+    if pos not in names and f"not_{pos}" not in classes and not any_classes:
         raise DataError(f"{source.name}: the model's positive class {pos!r} is not among the data's classes "
                         f"({', '.join(classes)}); name its folder {pos!r} (or 'not_{pos}' for data with none)")
-    is_pos = np.array([c == pos for c in classes])
+    is_pos = np.array([n == pos for n in names])
     if len(model.classes) <= 2:
         return is_pos, None, None
-    missing = [c for c in classes if c not in model.classes]
+    missing = [c for c, n in zip(classes, names) if n not in model.classes]
     if missing:
         return is_pos, None, f"per-class accuracy: n/a (data classes not known to the model: {', '.join(missing[:5])})"
-    return is_pos, np.array([model.classes.index(c) for c in classes]), None
+    return is_pos, np.array([model.classes.index(n) for n in names]), None
+
+
+def false_alarms(labels: np.ndarray, scores: np.ndarray, threshold: float, is_pos_of: np.ndarray,
+                 classes: list[str]) -> dict[str, dict]:
+    """Per non-positive data folder: how many images, how many called positive, the rate;
+    highest rate first (which kinds of things are mistaken for birds)."""
+    out = {}
+    for i, name in enumerate(classes):
+        m = labels == i
+        if is_pos_of[i] or not m.any():
+            continue
+        k = int((scores[m] >= threshold).sum())
+        out[name] = {"n": int(m.sum()), "flagged": k, "rate": _r(k / int(m.sum()))}
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1]["rate"], kv[0])))
 
 
 def evaluate(model: Classifier, source: str | Source, model_name: str = "", threshold: float | None = None,
              target_precision: float | None = None, target_recall: float | None = None,
-             gallery_size: int = 48, progress: bool = False) -> Evaluation:
+             gallery_size: int = 48, progress: bool = False, any_classes: bool = False) -> Evaluation:
     """Classify every image of `source` with `model` and measure the results.
 
     The operating threshold is `threshold`, else the one reaching `target_precision` or
-    `target_recall` on this data (when reachable), else the model's own.
+    `target_recall` on this data (when reachable), else the model's own. `any_classes`: accept
+    data with no folder of the positive class (to measure false alarms only).
     """
     from tqdm import tqdm
 
     t0 = time.perf_counter()
     src = source if isinstance(source, Source) else open_source(source, model.input_size)
-    is_pos_of, model_index_of, note = _label_maps(src, model)
+    is_pos_of, model_index_of, note = _label_maps(src, model, any_classes)
     k, size = gallery_size, model.input_size
     # Each gallery shows its most confident members; which images those are does not depend on
     # the threshold (e.g. false positives = the highest-scored negatives that reach it), so the
@@ -225,9 +247,12 @@ def evaluate(model: Classifier, source: str | Source, model_name: str = "", thre
 
     classes = conf = correct = None
     if model_index_of is not None:
-        true = model_index_of[labels]
-        classes = _class_metrics(probs, true, model.classes)
-        conf, correct = probs.max(1).astype(np.float64), probs.argmax(1) == true
+        # The choice among the data's own classes: CIFAR-10's 10-class accuracy from a model
+        # that knows more classes (for a model of exactly these classes, the plain argmax).
+        own = probs[:, model_index_of]
+        own = own / own.sum(1, keepdims=True)
+        classes = _class_metrics(own, labels, list(src.classes))
+        conf, correct = own.max(1).astype(np.float64), own.argmax(1) == labels
 
     galleries = {"tp": cand["pos_high"].where(cand["pos_high"].scores >= threshold),
                  "fn": cand["pos_low"].where(cand["pos_low"].scores < threshold),
@@ -237,7 +262,8 @@ def evaluate(model: Classifier, source: str | Source, model_name: str = "", thre
                       threshold=float(threshold), threshold_rule=rule, target=target, bird=bird, classes=classes,
                       classes_note=note, skipped=list(src.skipped), seconds=time.perf_counter() - t0,
                       is_positive=y, scores=scores, class_confidence=conf, class_correct=correct,
-                      galleries=galleries, data_classes=list(src.classes))
+                      galleries=galleries, data_classes=list(src.classes),
+                      false_alarms=false_alarms(labels, scores, threshold, is_pos_of, src.classes))
 
 
 def _choose_threshold(model: Classifier, y: np.ndarray, scores: np.ndarray, threshold: float | None,
@@ -312,6 +338,11 @@ def format_table(ev: Evaluation) -> str:
         lines += ["  " + "   ".join(items[i:i + 4]) for i in range(0, len(items), 4)]
     elif ev.classes_note:
         lines += ["", ev.classes_note]
+    flagged = [(name, f) for name, f in ev.false_alarms.items() if f["flagged"]]
+    if len(ev.false_alarms) > 1:
+        lines += ["", f"false alarms per folder ({len(flagged)} of {len(ev.false_alarms)} kinds of not-{pos} "
+                      f"have some{'; highest rates' if len(flagged) > 12 else ''}):"]
+        lines += [f"  {name[:24]:<25}{f['flagged']:>5} of {f['n']:<6}{100 * f['rate']:6.1f}%" for name, f in flagged[:12]]
     if ev.skipped:
         lines += ["", f"skipped {len(ev.skipped)} unreadable images (listed on stderr and in metrics.json)"]
     return "\n".join(lines)

@@ -74,6 +74,7 @@ class Located:
     boxes: list[dict] = field(default_factory=list)      # {"box": [x0, y0, x1, y1], "probability"}
     max_probability: float = 0.0               # best window, before any threshold
     whole_frame_probability: float = 0.0
+    min_probability: float = 0.5               # a window needs this much to be a box
     windows: int = 0
     scales: list[dict] = field(default_factory=list)     # {"scale", "window_px", "stride_px", "windows"}
     heat: np.ndarray | None = None             # (h, w) float in [0, 1], at `display` size
@@ -81,7 +82,7 @@ class Located:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return {"size": list(self.size), "class": self.target, "boxes": self.boxes,
+        return {"size": list(self.size), "class": self.target, "boxes": self.boxes, "min_probability": self.min_probability,
                 "max_probability": round(self.max_probability, 6),
                 "whole_frame_probability": round(self.whole_frame_probability, 6),
                 "windows": self.windows, "scales": self.scales, "seconds": round(self.seconds, 3)}
@@ -120,30 +121,31 @@ def plan_scales(short_side: int, long_side: int, scales: list[float], stride: fl
 @torch.no_grad()
 def locate(im: Image.Image, model: Classifier, target: str | None = None,
            scales: list[float] = DEFAULT_SCALES, stride: float = DEFAULT_STRIDE,
-           photo_size: tuple[int, int] | None = None, top: int = 5, min_probability: float = 0.5,
+           photo_size: tuple[int, int] | None = None, top: int = 5, min_probability: float | None = None,
            max_windows: int = MAX_WINDOWS) -> Located:
     """Score sliding windows over `im` and return the heat map and the best boxes.
 
     `photo_size`: the photo's real (width, height) when `im` is a reduced decode of it; boxes
     are given in those coordinates. Boxes are the windows left after non-maximum suppression
-    (IoU 0.3) with probability >= `min_probability`, at most `top` of them.
+    (IoU 0.3) with probability >= `min_probability` (default: the model's window threshold, see
+    `Classifier.window_threshold`), at most `top` of them. `target`: one class or several, comma-separated.
     """
     t0 = time.perf_counter()
-    target = target or model.positive
-    if target not in model.classes:
-        raise BirdcnnError(f"the model knows no class {target!r}; its classes: {', '.join(model.classes)}")
-    ci = model.classes.index(target)
+    ci = model.class_indices(target)
+    target = ",".join(model.classes[i] for i in ci)
+    if min_probability is None:
+        min_probability = model.window_threshold(ci)
     size = model.input_size
     W, H = photo_size or im.size
     w, h = im.size
     disp_scale = min(1.0, DISPLAY / max(w, h))
     dw, dh = max(1, round(w * disp_scale)), max(1, round(h * disp_scale))
     display = im.resize((dw, dh), Image.Resampling.BICUBIC, reducing_gap=3.0) if (dw, dh) != (w, h) else im
-    res = Located((W, H), target, display=display)
+    res = Located((W, H), target, display=display, min_probability=float(min_probability))
 
     def score(windows: torch.Tensor) -> torch.Tensor:
         # No flip averaging: it would double the cost, and overlapping windows average out noise.
-        return torch.softmax(model.logits(windows, tta="none") / model.temperature, 1)[:, ci]
+        return torch.from_numpy(model.probabilities(windows, tta="none")[:, ci].sum(1))
 
     res.whole_frame_probability = float(score(torch.from_numpy(np.array(fit_square(im, size)))[None])[0])
 
@@ -256,8 +258,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES), metavar="F",
                    help="window sides as fractions of the photo's shorter side (default "
                         f"{' '.join(map(str, DEFAULT_SCALES))})")
-    p.add_argument("--for", dest="target", metavar="CLASS", help="class to locate (default: the model's positive class)")
-    p.add_argument("--min-probability", type=float, default=0.5, metavar="P", help="smallest box probability (default 0.5)")
+    p.add_argument("--for", dest="target", metavar="WORDS",
+                   help="class(es) to locate, comma-separated (default: the model's positive class)")
+    p.add_argument("--min-probability", type=float, metavar="P",
+                   help="smallest box probability (default: the model's window threshold for its positive class, "
+                        "chosen on validation photos; 0.5 for other classes)")
     p.add_argument("--top", type=int, default=5, metavar="K", help="at most this many boxes (default 5)")
     p.add_argument("--model", help="model file (.json/.safetensors or a run folder; default: the shipped model)")
 
@@ -267,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
         raise BirdcnnError(f"--stride must be in (0, 1] (a fraction of the window), not {args.stride}")
     if any(not 0 < s <= 1 for s in args.scales):
         raise BirdcnnError("--scales must be fractions of the photo's shorter side, in (0, 1]")
-    if not 0 <= args.min_probability <= 1:
+    if args.min_probability is not None and not 0 <= args.min_probability <= 1:
         raise BirdcnnError(f"--min-probability must be between 0 and 1, not {args.min_probability}")
     if args.top < 1:
         raise BirdcnnError("--top must be at least 1")
@@ -297,6 +302,32 @@ def run(args: argparse.Namespace) -> int:
         for b in res.boxes:
             print(f"  {100 * b['probability']:5.1f}%  box {b['box']}")
         if not res.boxes:
-            print(f"  no region reaches {args.min_probability:.2f}")
+            print(f"  no region reaches {res.min_probability:.2f}")
         print(f"heat map: {heatmap}")
     return 0
+
+
+def calibrate_windows(model: Classifier, paths: list[str], positive: np.ndarray, target_precision: float,
+                      limit: int = 200, seed: int = 0) -> tuple[float | None, dict]:
+    """The window threshold: the lowest probability at which "some window reaches it" means
+    "this photo shows the positive class" with `target_precision` on held-out photos.
+
+    A window is a crop the whole-photo threshold was never chosen for, and a photo offers
+    hundreds of them, so its best window needs a threshold of its own. `paths`/`positive`: held-out
+    (validation) photos; at most `limit` are used, positives and negatives in their proportion.
+    Returns (threshold or None when unreachable, {"photos", "positives", "best_window_scores"...}).
+    """
+    from .metrics import threshold_for_precision
+
+    pick = np.random.default_rng(seed).permutation(len(paths))[:limit]
+    best, y = [], []
+    for i in pick:
+        try:
+            res = locate_file(paths[i], model, min_probability=1.0)
+        except (BirdcnnError, OSError):
+            continue
+        best.append(res.max_probability)
+        y.append(bool(positive[i]))
+    best_a, y_a = np.array(best), np.array(y)
+    t = threshold_for_precision(y_a, best_a, target_precision) if y_a.any() else None
+    return t, {"photos": len(y_a), "positives": int(y_a.sum()), "target_precision": target_precision}

@@ -98,6 +98,7 @@ _FIELDS = {
             "three numbers above 0 (R, G, B)"),
     "temperature": (lambda v: _is_number(v) and v > 0, "a number above 0"),
     "threshold": (lambda v: _is_number(v) and 0 <= v <= 1, "a probability from 0 to 1"),
+    "window_threshold": (lambda v: _is_number(v) and 0 <= v <= 1, "a probability from 0 to 1"),
     "weights_sha256": (lambda v: isinstance(v, str), "a sha256 hex string"),
 }
 _REQUIRED = ("arch", "classes", "positive", "mean", "std", "input_size")
@@ -239,9 +240,39 @@ class Classifier:
             return torch.empty(0, len(self.classes))
         return torch.cat(out).cpu()
 
-    def probabilities(self, images: np.ndarray | torch.Tensor, batch_size: int = 500) -> np.ndarray:
-        """Calibrated class probabilities, (N, num_classes) float32."""
-        return torch.softmax(self.logits(images, batch_size) / self.temperature, 1).numpy()
+    def probabilities(self, images: np.ndarray | torch.Tensor, batch_size: int = 500, tta: str | None = None) -> np.ndarray:
+        """Calibrated class probabilities, (N, num_classes) float32 (`tta`: as in `logits`)."""
+        return torch.softmax(self.logits(images, batch_size, tta) / self.temperature, 1).numpy()
+
+    def class_indices(self, words: str | None) -> list[int]:
+        """The classes named by `words` ("cat,dog"; default: the positive class), matched as
+        training merged names ('car' is 'automobile'); an unknown word is a one-line error."""
+        from .errors import BirdcnnError
+        from .sources import canonical_class
+
+        names = [w for w in (words or self.positive).split(",") if w.strip()]
+        out = []
+        for w in names:
+            c = canonical_class(w)
+            if c not in self.classes:
+                near = [k for k in self.classes if c in k or k in c][:8]
+                hint = f"; did you mean {', '.join(near)}?" if near else f"; it knows {len(self.classes)} words: see --help"
+                raise BirdcnnError(f"the model knows no class {w.strip()!r}{hint}")
+            out.append(self.classes.index(c))
+        if not out:
+            raise BirdcnnError("no class named (e.g. --for bird, or --for cat,dog)")
+        return sorted(set(out))
+
+    def default_min_probability(self, indices: list[int]) -> float:
+        """The calibrated decision threshold when looking for the positive class alone, else 0.5."""
+        return self.threshold if indices == [self.positive_index] else 0.5
+
+    def window_threshold(self, indices: list[int]) -> float:
+        """The least probability a `locate` window needs to be a box: the model's `window_threshold`
+        (chosen on windows of validation photos) for the positive class, else as for whole photos."""
+        if indices == [self.positive_index] and "window_threshold" in self.meta:
+            return float(self.meta["window_threshold"])
+        return self.default_min_probability(indices)
 
     def describe(self, probs: np.ndarray, top: int = 3) -> dict:
         """One image's probabilities as a result record.

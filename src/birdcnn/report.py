@@ -284,6 +284,13 @@ def report_html(ev: Evaluation, pictures: dict[str, bytes]) -> str:
                   _img(pictures, "confusion_classes", "confusion matrix (rows: true class; colour: share of the row)")]
     elif ev.classes_note:
         parts.append(f"<p class=note>{e(ev.classes_note)}</p>")
+    if len(ev.false_alarms) > 1:
+        fa = "".join(f"<tr><td>{e(c)}</td><td class=num>{f['flagged']}</td><td class=num>{f['n']}</td>"
+                     f"<td class=num>{100 * f['rate']:.1f}%</td></tr>" for c, f in ev.false_alarms.items())
+        parts += [f"<h2>Which kinds of things are mistaken for {e(pos)}?</h2>",
+                  f"<p class=note>Every folder not named {e(pos)} counts as not {e(pos)}; the false-positive gallery "
+                  f"below names each image's folder.</p>",
+                  f"<table><tr><th>folder</th><th>called {e(pos)}</th><th>images</th><th>rate</th></tr>{fa}</table>"]
     parts.append("<h2>The images: mistakes first</h2>")
     for group in ("fp", "fn", "tp", "tn"):
         title, _ = gallery_texts(ev, group)

@@ -34,8 +34,9 @@ import numpy as np
 from PIL import Image
 
 from .atomic import write_text
-from .errors import BirdcnnError, ImageError
-from .images import DRAFT_SCALE, IMAGE_SUFFIXES, fit_square, open_image
+from .errors import BirdcnnError, ImageError, display_path
+from .images import DRAFT_SCALE, IMAGE_SUFFIXES, OtherFiles, fit_square, open_image
+from .sources import known_words
 
 if TYPE_CHECKING:
     from .modelfile import Classifier
@@ -59,9 +60,10 @@ class Skipped:
     serious: bool = True
 
 
-def walk_images(root: str | os.PathLike) -> Iterator[str | Skipped]:
+def walk_images(root: str | os.PathLike, other: OtherFiles | None = None) -> Iterator[str | Skipped]:
     """Yield the image paths under `root` (recursively, sorted, following symbolic links) and a
-    `Skipped` for every folder that cannot be read or would be scanned twice.
+    `Skipped` for every folder that cannot be read or would be scanned twice; `other` counts the
+    files passed over as not images (hidden ones aside).
 
     Each real folder (device, inode) is entered once: a link back to an ancestor is reported as a
     loop instead of being followed forever, and a second link to a folder is not scanned twice.
@@ -101,6 +103,8 @@ def walk_images(root: str | os.PathLike) -> Iterator[str | Skipped]:
             elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
                 # A broken link (or a cycle of links) is a photo we cannot read: report it as one.
                 yield e.path
+            elif other is not None and not e.name.startswith("."):
+                other.add(e.name)
         stack.extend(reversed(subfolders))  # depth-first, in name order
 
 
@@ -226,6 +230,7 @@ class SearchResult:
     resumed: int = 0                # photos already scored in --output by an earlier run
     failed: list[tuple[str, str]] = field(default_factory=list)   # (path, problem)
     skipped: list[Skipped] = field(default_factory=list)
+    other: OtherFiles = field(default_factory=OtherFiles)  # files that are not images, by suffix
     interrupted: bool = False
     seconds: float = 0.0
 
@@ -247,14 +252,9 @@ class SearchResult:
         }
 
 
-def default_min_probability(model: "Classifier", target: str) -> float:
-    """The model's calibrated decision threshold for its positive class, 0.5 for other classes."""
-    return model.threshold if target == model.positive else 0.5
-
-
 def _chunks(folder: str, done: set[str], result: SearchResult) -> Iterator[list[str]]:
     chunk: list[str] = []
-    for item in walk_images(folder):
+    for item in walk_images(folder, result.other):
         if isinstance(item, Skipped):
             result.skipped.append(item)
         elif done and os.path.relpath(item, folder) in done:
@@ -316,7 +316,8 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
            min_probability: float | None = None, workers: int | None = None,
            output: str | os.PathLike | None = None, resume: bool = False, crops: bool = False,
            progress: bool | None = None, tta: bool = True) -> SearchResult:
-    """Score every photo under `folder` for class `target` (default: the model's positive class).
+    """Score every photo under `folder` for class `target` (default: the model's positive class;
+    several comma-separated words score the probability of any of them: "cat,dog").
 
     A photo's probability is the calibrated probability of `target` for the whole frame, or with
     `crops` the largest over the whole frame, the four quadrants and the centre. Photos with
@@ -329,12 +330,10 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise BirdcnnError(f"{folder}: not a folder" if os.path.exists(folder) else f"{folder}: no such folder")
-    target = target or model.positive
-    if target not in model.classes:
-        raise BirdcnnError(f"the model knows no class {target!r}; its classes: {', '.join(model.classes)}")
-    ci = model.classes.index(target)
+    ci = model.class_indices(target)
+    target = ",".join(model.classes[i] for i in ci)
     if min_probability is None:
-        min_probability = default_min_probability(model, target)
+        min_probability = model.default_min_probability(ci)
     result = SearchResult(folder, target, float(min_probability))
     # At most the flip pair: a model's 6-view TTA would triple the network's share of the time
     # for a gain in the third decimal (docs/RESULTS.md).
@@ -371,7 +370,7 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
 
     def score(batch: list[tuple[str, np.ndarray]]) -> None:
         views = np.concatenate([v for _, v in batch])
-        probs = torch.softmax(model.logits(views, tta=views_mode) / model.temperature, 1)[:, ci].numpy()
+        probs = model.probabilities(views, tta=views_mode)[:, ci].sum(1)  # several words: any of them
         at = 0
         for path, v in batch:
             p = float(probs[at:at + len(v)].max())
@@ -454,8 +453,8 @@ def write_contact_sheet(result: SearchResult, out: str | os.PathLike, workers: i
     for (path, p), src in zip(shown, thumbs):
         href = html.escape(Path(path).resolve().as_uri(), quote=True)
         img = f'<img src="{src}" alt="" loading="lazy">' if src else '<div class="gone">unreadable</div>'
-        cards.append(f'<a class="card" href="{href}" title="{html.escape(path, quote=True)}">{img}'
-                     f'<b>{100 * p:.1f}%</b><span>{html.escape(os.path.basename(path))}</span></a>')
+        cards.append(f'<a class="card" href="{href}" title="{html.escape(display_path(path), quote=True)}">{img}'
+                     f'<b>{100 * p:.1f}%</b><span>{html.escape(display_path(os.path.basename(path)))}</span></a>')
     s = result.summary()
     more = len(result.matches) - len(shown)
     title = f"{s['matched']} photos showing a {result.target}"
@@ -471,7 +470,7 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5em; background: #fafafa; 
 .gone {{ width: {THUMB}px; height: {THUMB}px; background: #eee; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Folder <code>{html.escape(result.folder)}</code>: {s['scanned']} photos scanned, {s['matched']} with
+<p>Folder <code>{html.escape(display_path(result.folder))}</code>: {s['scanned']} photos scanned, {s['matched']} with
 {html.escape(result.target)} probability &ge; {result.min_probability:.3g}, {s['failed']} unreadable.
 Most confident first; click a photo to open it.{f" The {more} less confident matches are not shown." if more > 0 else ""}</p>
 <div class="grid">
@@ -486,7 +485,9 @@ Most confident first; click a photo to open it.{f" The {more} less confident mat
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", metavar="FOLDER", help="folder to search, with all its sub-folders")
-    p.add_argument("--for", dest="target", metavar="CLASS", help="class to look for (default: the model's positive class, bird)")
+    p.add_argument("--for", dest="target", metavar="WORDS",
+                   help="what to look for: one class or several, comma-separated (--for cat,dog); default: the "
+                        f"model's positive class, bird. {known_words()}")
     p.add_argument("--min-probability", type=float, metavar="P",
                    help="list photos with at least this probability (default: the model's threshold for its "
                         "positive class, 0.5 for other classes)")
@@ -522,13 +523,15 @@ def run(args: argparse.Namespace) -> int:
         print()
     else:
         for path, p in r.matches:
-            print(f"{100 * p:5.1f}%  {path}")
+            print(f"{100 * p:5.1f}%  {display_path(path)}")
     if args.html:
         print(f"contact sheet: {write_contact_sheet(r, args.html, args.workers)}", file=sys.stderr)
     for s in r.skipped:
-        print(f"birdcnn search: {'error' if s.serious else 'warning'}: {s.path}: {s.problem}", file=sys.stderr)
+        print(f"birdcnn search: {'error' if s.serious else 'warning'}: {display_path(s.path)}: {s.problem}", file=sys.stderr)
+    if r.other:
+        print(f"birdcnn search: passed over {len(r.other)} files that are not images: {r.other}", file=sys.stderr)
     for path, problem in r.failed:
-        print(f"birdcnn search: error: {path}: {problem}", file=sys.stderr)
+        print(f"birdcnn search: error: {display_path(path)}: {problem}", file=sys.stderr)
     s = r.summary()
     print(f"birdcnn search: {s['scanned']} photos scanned ({r.scored} now at {r.photos_per_second:.0f} photos/s"
           f"{f', {r.resumed} from {args.output}' if r.resumed else ''}), {s['matched']} show a {r.target} "

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data as D
+from . import sources as S
 from .atomic import save_figure, write_atomic
-from .augment import Augment, alternating_flip
+from .augment import Augment, PhotoViews, alternating_flip
 from .errors import BirdcnnError, DataError
 from .metrics import binary_report, expected_calibration_error, fit_temperature, threshold_for_precision
 from .modelfile import Classifier, pick_device, save_model
@@ -51,12 +52,13 @@ RECIPES["tiny"] = dict(RECIPES["fast"], batch_size=256)
 
 @dataclass
 class TrainConfig:
-    data: str
+    data: str | list[str]               # one --data source or several, trained as one
     arch: str = "fast"
     classes: str | None = None          # "all" (every class) or "binary" (positive vs rest)
     positive: str = "bird"
     extra_positive: str | None = None
     balance: bool = False               # sample classes equally often (sampling weights)
+    source_weights: list[float] | None = None  # per --data source: drawn w x as often as its size implies
     epochs: float | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -89,31 +91,23 @@ class TrainConfig:
 
 # ---------------------------------------------------------------- data preparation
 
-def prepare_data(cfg: TrainConfig) -> tuple[D.Dataset, D.Dataset, D.Dataset | None]:
-    """(train, validation, test-or-None) with the positive class applied."""
-    source = D.resolve_source(cfg.data)
-    full = D.load_split(source, "train")
-    test = None
-    if source.has_test_split:
-        try:
-            test = D.load_split(source, "test")
-        except DataError as e:  # training needs no test split: go on without the final test figures
-            print(f"warning: no test split ({e})", file=sys.stderr)
-    if cfg.positive not in full.classes:
-        raise DataError(f"positive class {cfg.positive!r} is not among the data's classes: {', '.join(full.classes)}")
-    if full.skipped:
-        print(f"warning: skipped {len(full.skipped)} unreadable files (first: {full.skipped[0]})", file=sys.stderr)
-    n_val = cfg.val_size if cfg.val_size is not None else (5000 if len(full) >= 20000 else max(1, len(full) // 10))
-    if not 0 < n_val < len(full):
-        raise DataError(f"{cfg.data}: {len(full)} images are too few to hold out {n_val} for validation")
-    tr_idx, val_idx = D.split_validation(len(full), n_val, cfg.seed)
-    train, val = full.subset(tr_idx), full.subset(val_idx)
+def data_sources(cfg: TrainConfig) -> list[str]:
+    return [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
+
+
+def prepare_data(cfg: TrainConfig, size: int = 32) -> S.Mixed:
+    """Every source's training images (at store size), validation and test splits, with the
+    positive class applied; see `birdcnn.sources`."""
+    specs = data_sources(cfg)
+    mixed = S.load_sources(specs, size, cfg.seed, cfg.source_weights, cfg.val_size)
+    if cfg.positive not in mixed.train.classes:
+        raise DataError(f"positive class {cfg.positive!r} is not among the data's classes: {', '.join(mixed.train.classes)}")
     if cfg.extra_positive:
-        train = D.add_extra_positive(train, cfg.extra_positive, cfg.positive)
+        S.add_extra_positive(mixed, cfg.extra_positive, cfg.positive)
     if cfg.classes == "binary":
-        train, val = D.to_binary(train, cfg.positive), D.to_binary(val, cfg.positive)
-        test = D.to_binary(test, cfg.positive) if test is not None else None
-    return train, val, test
+        mixed.train, mixed.val = D.to_binary(mixed.train, cfg.positive), D.to_binary(mixed.val, cfg.positive)
+        mixed.tests = [(n, D.to_binary(t, cfg.positive) if t is not None else None) for n, t in mixed.tests]
+    return mixed
 
 
 # ---------------------------------------------------------------- optimisation
@@ -266,19 +260,30 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
-    train_ds, val_ds, test_ds = prepare_data(cfg)
+    mixed = prepare_data(cfg)
+    train_ds, val_ds = mixed.train, mixed.val
     classes = train_ds.classes
-    aug = Augment(**cfg.augment)
+    aug_cfg = dict(cfg.augment)
+    views = None
+    if mixed.photo_views:
+        # Crops replace Augment's shift: thumbnails are moved by the same +-shift inside PhotoViews.
+        views = PhotoViews(size=32, shift=aug_cfg.get("shift", 0))
+        aug_cfg["shift"] = 0
+    aug = Augment(**aug_cfg)
     # The alternating flip replaces Augment's coin toss: one random first choice per image.
     first_flip = None
     if aug.flip and cfg.recipe.get("alternating_flip"):
         first_flip = torch.rand(len(train_ds), generator=torch.Generator().manual_seed(cfg.seed)) < 0.5
-        aug = Augment(**{**cfg.augment, "flip": False})
-    print(f"data: {len(train_ds)} training images {D.describe(train_ds)}, {len(val_ds)} validation"
-          + (f", {len(test_ds)} test" if test_ds is not None else ""), file=sys.stderr)
+        aug = Augment(**{**aug_cfg, "flip": False})
+    n_test = sum(len(t) for _, t in mixed.tests if t is not None)
+    print(f"data: {len(train_ds)} training images {D.describe(train_ds) if len(classes) <= 20 else f'in {len(classes)} classes'}"
+          f" from {len(mixed.infos)} source(s), {len(val_ds)} validation" + (f", {n_test} test" if n_test else ""),
+          file=sys.stderr)
 
     images = torch.from_numpy(train_ds.images).to(device)
     labels = torch.from_numpy(train_ds.labels).to(device)
+    photo = torch.from_numpy(np.asarray(mixed.photo)[mixed.train_source])
+    positive = torch.from_numpy(train_ds.labels == classes.index(cfg.positive))
     if ckpt is not None:
         norm = json.loads(ckpt["norm"])
     else:
@@ -287,8 +292,19 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     mean = torch.tensor(norm["mean"], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(norm["std"], device=device).view(1, 3, 1, 1) * 255
 
+    def normalise(x: torch.Tensor) -> torch.Tensor:
+        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
     def prep(u8: torch.Tensor) -> torch.Tensor:
-        return ((u8.permute(0, 3, 1, 2).float() - mean) / std).contiguous(memory_format=torch.channels_last)
+        """Model-view uint8 images (N, H, W, 3) -> normalised input."""
+        return normalise(u8.permute(0, 3, 1, 2).float())
+
+    def train_view(idx: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+        """The augmented, normalised training input of images `idx` (`picked`: the same on the CPU)."""
+        x = images[idx].permute(0, 3, 1, 2).float()
+        if views is not None:
+            x = views(x, photo[picked], positive[picked])
+        return normalise(x)
 
     use_bf16 = cfg.bf16 and device.type in ("cpu", "cuda")
 
@@ -299,7 +315,8 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     if isinstance(net, FastNet) and ckpt is None:
         # A random sample: the training set is ordered by class, its first 5000 are airplanes.
         sample = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
-        net.init_whitening(prep(images[sample.to(device)]))
+        x = images[sample.to(device)].permute(0, 3, 1, 2).float()
+        net.init_whitening(normalise(F.avg_pool2d(x, mixed.store_scale) if mixed.photo_views else x))
     net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net, cfg)
     batch = min(cfg.batch_size, len(train_ds))
@@ -316,6 +333,9 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
         print(f"resuming {run_dir} at step {step}/{total_steps}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = D.balanced_weights(train_ds.labels, len(classes)) if cfg.balance else None
+    if cfg.source_weights is not None:
+        w = S.source_weights(mixed.train_source, cfg.source_weights)
+        weights = w if weights is None else weights * w
     val_x, val_y = torch.from_numpy(val_ds.images).to(device), torch.from_numpy(val_ds.labels).to(device)
 
     def epoch_order(epoch: int) -> torch.Tensor:
@@ -342,7 +362,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
             picked = order[b * batch:(b + 1) * batch]
             idx = picked.to(device)
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout and augmentation: reproducible on resume
-            x = prep(images[idx])
+            x = train_view(idx, picked)
             if first_flip is not None:
                 x = alternating_flip(x, first_flip[picked], epoch)
             x = aug(x)
@@ -396,10 +416,10 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
 
     net.eval()
     clf = _classifier(net, cfg, classes, norm)
-    meta, metrics = _finish(clf, cfg, val_ds, test_ds, train_ds, history, command)
+    meta, metrics = _finish(clf, cfg, mixed, history, command)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-    plot_history(history, run_dir / "training_curves.png", title=f"{cfg.arch} on {Path(str(cfg.data)).name}")
+    plot_history(history, run_dir / "training_curves.png", title=f"{cfg.arch} on {' + '.join(S.folder_name(d) for d in data_sources(cfg))}")
     save_model(net, meta, run_dir / "model")  # last: model.json marks a finished run (see --resume)
     print(f"saved {run_dir / 'model.json'}", file=sys.stderr)
     return run_dir
@@ -411,47 +431,104 @@ def _classifier(net, cfg: TrainConfig, classes: list[str], norm: dict) -> Classi
     return Classifier(net, meta, device=next(net.parameters()).device)
 
 
-def _finish(clf: Classifier, cfg: TrainConfig, val: D.Dataset, test: D.Dataset | None, train_ds: D.Dataset,
-            history: list, command: str) -> tuple[dict, dict]:
-    """Calibrate on validation, pick the threshold on validation, measure on test."""
-    pos = clf.positive_index
+def restricted_argmax(probs: np.ndarray, classes: list[str], allowed: list[str] | None) -> np.ndarray:
+    """Predicted class indices, chosen among `allowed` only (a source's own classes: CIFAR-10's
+    10-class accuracy from a model that knows more classes)."""
+    if not allowed or len(allowed) == len(classes):
+        return probs.argmax(1)
+    idx = np.array([classes.index(c) for c in allowed])
+    return idx[probs[:, idx].argmax(1)]
+
+
+def choose_threshold(y: np.ndarray, scores: np.ndarray, groups: dict[str, np.ndarray], target: float) -> tuple[float, str]:
+    """The lowest threshold reaching precision `target` on every group of the validation split
+    that holds positives (thumbnails and photos apart: one threshold must serve both)."""
+    found, unreachable = {}, []
+    for name, m in groups.items():
+        if y[m].sum() == 0:
+            continue
+        t = threshold_for_precision(y[m], scores[m], target)
+        (unreachable.append(name) if t is None else found.__setitem__(name, t))
+    if not found:
+        return 0.5, f"0.5 (precision {target} unreachable on validation)"
+    where = " and ".join(f"{k} ({v:.3f})" for k, v in found.items())
+    rule = f"lowest threshold with precision >= {target} on the validation split: {where}"
+    if unreachable:
+        rule += f"; unreachable on {', '.join(unreachable)}"
+    return max(found.values()), rule
+
+
+def _finish(clf: Classifier, cfg: TrainConfig, mixed: S.Mixed, history: list, command: str) -> tuple[dict, dict]:
+    """Calibrate on validation, pick the threshold on validation, measure on test, per source."""
+    pos, classes, val = clf.positive_index, clf.classes, mixed.val
     val_logits = clf.logits(val.images).numpy()
     temperature = fit_temperature(val_logits, val.labels)
     clf.temperature = temperature
     val_probs = torch.softmax(torch.from_numpy(val_logits) / temperature, 1).numpy()
-    threshold = threshold_for_precision(val.labels == pos, val_probs[:, pos], cfg.target_precision)
-    rule = f"lowest threshold with precision >= {cfg.target_precision} on the validation split"
-    if threshold is None:
-        threshold, rule = 0.5, f"0.5 (precision {cfg.target_precision} unreachable on validation)"
+    photo_val = np.asarray(mixed.photo)[mixed.val_source]
+    groups = {"all": np.ones(len(val), bool)}
+    if photo_val.any() and not photo_val.all():
+        groups = {"thumbnails": ~photo_val, "photos": photo_val}
+    threshold, rule = choose_threshold(val.labels == pos, val_probs[:, pos], groups, cfg.target_precision)
     clf.threshold = threshold
 
-    def measure(ds: D.Dataset, probs: np.ndarray) -> dict:
-        y = ds.labels == pos
-        return {"n": len(ds), "accuracy": float((probs.argmax(1) == ds.labels).mean()),
-                "ece": expected_calibration_error(probs, ds.labels),
+    def measure(labels: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> dict:
+        y = labels == pos
+        return {"n": len(labels), "accuracy": float((pred == labels).mean()),
+                "ece": expected_calibration_error(probs, labels),
                 "bird": {**binary_report(y, probs[:, pos], threshold),
                          "ece": expected_calibration_error(probs[:, pos], y)}}
 
-    metrics = {"validation": measure(val, val_probs)}
-    if test is not None:
-        metrics["test"] = measure(test, clf.probabilities(test.images))
+    metrics: dict = {"validation": measure(val.labels, val_probs, val_probs.argmax(1))}
+    if len(groups) > 1:
+        metrics["validation_groups"] = {g: measure(val.labels[m], val_probs[m], val_probs[m].argmax(1))
+                                        for g, m in groups.items()}
+    per_source, test_parts = {}, []
+    for k, (name, test) in enumerate(mixed.tests):
+        m = mixed.val_source == k
+        entry = {"validation": measure(val.labels[m], val_probs[m], val_probs[m].argmax(1))}
+        if test is not None:
+            probs = clf.probabilities(test.images)
+            pred = restricted_argmax(probs, classes, test.source_classes)
+            entry["test"] = measure(test.labels, probs, pred)
+            test_parts.append((test.labels, probs, pred))
+        per_source[name] = entry
+    if test_parts:
+        metrics["test"] = measure(*(np.concatenate(a) for a in zip(*test_parts)))
+    if len(mixed.tests) > 1:
+        metrics["sources"] = per_source
     metrics["train_seconds"] = sum(h["seconds"] for h in history)
     metrics["temperature"] = temperature
     metrics["threshold"] = threshold
-    meta = {**clf.meta, "temperature": temperature, "threshold": threshold, "threshold_rule": rule,
+    window = {}
+    if photo_val.any():
+        from .locate import calibrate_windows
+
+        idx = np.nonzero(photo_val)[0]
+        t, info = calibrate_windows(clf, [val.paths[i] for i in idx], val.labels[idx] == pos, cfg.target_precision)
+        window = {"window_threshold": t if t is not None else max(threshold, 0.5),
+                  "window_threshold_rule": (f"lowest probability at which a photo's best locate window means "
+                                            f"{cfg.positive} with precision >= {cfg.target_precision} on "
+                                            f"{info['photos']} validation photos ({info['positives']} {cfg.positive})")
+                                           if t is not None else "unreachable on validation photos: the decision threshold"}
+        metrics["window_threshold"] = window["window_threshold"]
+    meta = {**clf.meta, "temperature": temperature, "threshold": threshold, "threshold_rule": rule, **window,
             "resize": "central square crop, bicubic (birdcnn.images.fit_square)",
-            "training": {"command": command, "data": str(cfg.data), "data_fingerprint": train_ds.fingerprint,
+            "training": {"command": command, "data": cfg.data, "data_fingerprint": mixed.train.fingerprint,
+                         "sources": [i.to_json() for i in mixed.infos],
                          "config": asdict(cfg), "epochs_run": len(history),
                          "train_seconds": round(metrics["train_seconds"], 1), "torch": torch.__version__,
                          "date": datetime.now().isoformat(timespec="seconds")},
             "metrics": metrics}
-    for split, m in metrics.items():
-        if isinstance(m, dict) and "accuracy" in m:
-            b = m["bird"]
-            # None is "undefined" (e.g. precision when nothing was predicted positive), not 0.
-            prec, rec, ap = (f"{b[k]:.4f}" if b[k] is not None else "n/a" for k in ("precision", "recall", "average_precision"))
-            print(f"{split}: accuracy {m['accuracy']:.4f}  {clf.positive}: precision {prec} "
-                  f"recall {rec} AP {ap}  ECE {m['ece']:.4f}", file=sys.stderr)
+    rows = [(split, m) for split, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
+    rows += [(f"{g} (validation)", m) for g, m in metrics.get("validation_groups", {}).items()]
+    rows += [(f"{S.folder_name(n)} ({split})", m) for n, e in metrics.get("sources", {}).items() for split, m in e.items()]
+    for split, m in rows:
+        b = m["bird"]
+        # None is "undefined" (e.g. precision when nothing was predicted positive), not 0.
+        prec, rec, ap = (f"{b[k]:.4f}" if b[k] is not None else "n/a" for k in ("precision", "recall", "average_precision"))
+        print(f"{split}: accuracy {m['accuracy']:.4f}  {clf.positive}: precision {prec} "
+              f"recall {rec} AP {ap}  ECE {m['ece']:.4f}", file=sys.stderr)
     return meta, metrics
 
 

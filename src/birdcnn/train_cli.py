@@ -5,22 +5,29 @@ import argparse
 import shlex
 import sys
 
+from .argtypes import non_negative_float, non_negative_int, positive_float, positive_int, ranged
 from .models import ARCHITECTURES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="'cifar10' (download), the CIFAR-10 archive or folder, or a folder/tar of class folders")
+    p.add_argument("--data", action="append", metavar="SOURCE",
+                   help="'cifar10' (download), the CIFAR-10 archive or folder, or a folder/tar of class folders; "
+                        "repeat to train on several sources at once (classes merge by name: car = automobile)")
+    p.add_argument("--source-weights", type=positive_float, nargs="+", metavar="W",
+                   help="one per --data: a source of weight W is drawn W times as often as its size implies (default 1 each)")
     p.add_argument("--arch", choices=sorted(ARCHITECTURES), help="network (default: fast)")
     p.add_argument("--classes", choices=["all", "binary"], help="learn every class, or positive-vs-rest (default: per arch)")
     p.add_argument("--positive", default="bird", help="the positive class (default: bird)")
-    p.add_argument("--extra-positive", metavar="DIR", help="folder of extra positive images to merge into training")
+    p.add_argument("--extra-positive", metavar="DIR",
+                   help="extra positive images merged into training: a folder of images, or a class-folder source "
+                        "(folder or archive) whose training split has a folder named like the positive class")
     p.add_argument("--balance", action="store_true", help="draw every class equally often (sampling weights)")
-    p.add_argument("--epochs", type=float, help="epochs (default: per arch; fractions allowed)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate (default: per arch)")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--val-size", type=int, help="training images held out to pick threshold and temperature (default 5000, or 10%%)")
-    p.add_argument("--target-precision", type=float, default=0.97, help="decision threshold target on validation (default 0.97)")
+    p.add_argument("--epochs", type=positive_float, help="epochs (default: per arch; fractions allowed)")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float, help="learning rate (default: per arch)")
+    p.add_argument("--label-smoothing", type=ranged(float, 0, 1, below=True))
+    p.add_argument("--val-size", type=positive_int, help="training images held out to pick threshold and temperature (default 5000, or 10%%)")
+    p.add_argument("--target-precision", type=ranged(float, 0, 1, above=True), default=0.97, help="decision threshold target on validation (default 0.97)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/train-DATE)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -32,10 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_augment_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("synthetic data (defaults: per arch)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
-    g.add_argument("--shift", type=int, metavar="PX", help="random shifts of up to PX pixels (0: off)")
-    g.add_argument("--rotate", type=float, metavar="DEG", help="random rotations within +-DEG degrees (0: off)")
-    g.add_argument("--blur", type=float, metavar="SIGMA", help="random Gaussian blur up to SIGMA pixels (0: off)")
-    g.add_argument("--blur-p", type=float, metavar="P", help="fraction of images blurred (default 0.5)")
+    g.add_argument("--shift", type=non_negative_int, metavar="PX", help="random shifts of up to PX pixels (0: off)")
+    g.add_argument("--rotate", type=non_negative_float, metavar="DEG", help="random rotations within +-DEG degrees (0: off)")
+    g.add_argument("--blur", type=non_negative_float, metavar="SIGMA", help="random Gaussian blur up to SIGMA pixels (0: off)")
+    g.add_argument("--blur-p", type=ranged(float, 0, 1), metavar="P", help="fraction of images blurred (default 0.5)")
 
 
 def augment_overrides(args: argparse.Namespace) -> dict:
@@ -56,7 +63,13 @@ def run(args: argparse.Namespace) -> int:
                    if getattr(args, k) is not None]
         if ignored:
             print(f"note: --resume continues the run as first configured; ignoring {', '.join(ignored)}", file=sys.stderr)
-    cfg = TrainConfig(data=args.data or "", arch=args.arch or "fast", classes=args.classes, positive=args.positive,
+    if args.device is not None:
+        # Checked before any data is loaded: a missing GPU is one line now, not a traceback later.
+        from .devices import check_device
+        check_device(args.device)
+        args.device = None if args.device == "auto" else args.device  # None: train picks, as by default
+    data = args.data or [""]
+    cfg = TrainConfig(data=data[0] if len(data) == 1 else data, source_weights=args.source_weights, arch=args.arch or "fast", classes=args.classes, positive=args.positive,
                       extra_positive=args.extra_positive, balance=args.balance, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
                       augment=augment_overrides(args), val_size=args.val_size, target_precision=args.target_precision,

@@ -1,0 +1,229 @@
+"""Several `--data` sources trained as one model: how their classes meet, and what each is.
+
+Class names meet by a normalised name (lower case, spaces and hyphens as ``_``) and the small
+`SYNONYMS` table (``car`` and ``automobile`` are one class; Tiny ImageNet's cat and dog breeds
+are ``cat`` and ``dog``); a class found in one source only is a class of its own. Every class
+is a word `birdcnn search --for` understands.
+
+A source is a *thumbnail* source when its images are no larger than the model's input (CIFAR-10
+at 32 px, 30 px natural images) and a *photo* source otherwise. Training stores every image at
+`STORE_SCALE` x the input size (thumbnails by exact pixel repetition) so it can cut photo-like
+random crops from photos; validation and test images are decoded exactly as `predict` sees them.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import data as D
+from .errors import DataError
+from .images import is_image_path
+
+STORE_SCALE = 2  # training copies of photos at 2x the input: crops down to ~1/4 of the side stay sharp-ish
+# Names that mean the same thing across the shared sources (and commonly elsewhere).
+SYNONYMS = {
+    "car": "automobile", "airplanes": "airplane", "motorbikes": "motorbike", "faces": "person",
+    "face": "person", "people": "person", "birds": "bird",
+    "egyptian_cat": "cat", "persian_cat": "cat", "tabby": "cat", "tabby_cat": "cat",
+    "chihuahua": "dog", "german_shepherd": "dog", "golden_retriever": "dog", "labrador_retriever": "dog",
+    "standard_poodle": "dog", "yorkshire_terrier": "dog",
+}
+
+
+def canonical_class(name: str) -> str:
+    """The merged name of a data class: normalised, then through `SYNONYMS`."""
+    n = "_".join(name.strip().lower().replace("-", " ").split())
+    return SYNONYMS.get(n, n)
+
+
+@dataclass
+class SourceInfo:
+    """One training source, as recorded in the model's metadata."""
+
+    name: str
+    fingerprint: str
+    photo: bool
+    weight: float
+    counts: dict[str, int]          # training images per (merged) class
+    validation: int = 0
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "fingerprint": self.fingerprint, "kind": "photos" if self.photo else "thumbnails",
+                "weight": self.weight, "train": sum(self.counts.values()), "validation": self.validation,
+                "classes": self.counts}
+
+
+def is_photo_source(r: D.ResolvedSource, size: int) -> bool:
+    """Photos are larger than the model's input; judged from the headers of a few files."""
+    if r.kind != "class-folders":
+        return False  # CIFAR-10 batches: 32 px
+    root, classes = r.class_folder("train")
+    sides = []
+    for c in classes:
+        for p in sorted((root / c).iterdir())[:3]:
+            if p.is_file() and is_image_path(p):
+                try:
+                    with Image.open(p) as im:
+                        sides.append(min(im.size))
+                except OSError:
+                    continue
+        if len(sides) >= 12:
+            break
+    return bool(sides) and float(np.median(sides)) > 1.25 * size
+
+
+def upsample_exact(images: np.ndarray, factor: int) -> np.ndarray:
+    """Repeat every pixel `factor` x `factor` times: a 2x2 average gives the original back exactly."""
+    return np.ascontiguousarray(images.repeat(factor, 1).repeat(factor, 2))
+
+
+def _remap(ds: D.Dataset, classes: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[canonical_class(c)] for c in ds.classes], np.int64)[ds.labels]
+
+
+@dataclass
+class Mixed:
+    """Training (store-size) and validation (model-view) images of several sources, merged."""
+
+    train: D.Dataset
+    val: D.Dataset
+    train_source: np.ndarray      # source index per training image
+    val_source: np.ndarray
+    photo: list[bool]             # per source
+    infos: list[SourceInfo]
+    tests: list[tuple[str, D.Dataset | None]]  # each source's test split at the model's view (None: none)
+    store_scale: int = 1          # training images are stored at store_scale x the input size
+
+    @property
+    def photo_views(self) -> bool:
+        """Whether training cuts photo views (`augment.PhotoViews`) from stored images."""
+        return self.store_scale > 1
+
+
+def add_extra_positive(mixed: Mixed, spec: str, positive: str) -> None:
+    """The article's way to balance the classes: every image of `spec` joins the positive class.
+
+    `spec` is a folder of images (searched recursively), or a class-folder source (folder or
+    archive) whose training split has a `positive` folder (e.g. realphotos.tar.gz: its birds)."""
+    size = mixed.val.images.shape[1]
+    folder = Path(spec)
+    r = D.resolve_source(spec) if folder.is_file() else None
+    if r is None and folder.is_dir() and (folder / positive).is_dir():
+        r = D.resolve_source(folder)
+    if r is not None and r.kind == "class-folders":
+        root, _ = r.class_folder("train")
+        if not (root / positive).is_dir():
+            raise DataError(f"{spec}: no {positive!r} folder in its training split (--extra-positive)")
+        folder = root / positive
+    ds = D.add_extra_positive(D.Dataset(np.empty((0, size, size, 3), np.uint8), np.empty(0, np.int64),
+                                        mixed.train.classes, ""), folder, positive)
+    images = upsample_exact(ds.images, mixed.store_scale)
+    t = mixed.train
+    mixed.train = D.Dataset(np.concatenate([t.images, images]), np.concatenate([t.labels, ds.labels]), t.classes,
+                            t.fingerprint + ds.fingerprint)
+    mixed.train_source = np.concatenate([mixed.train_source, np.full(len(ds), len(mixed.infos))])
+    mixed.photo.append(False)
+    mixed.infos.append(SourceInfo(f"{spec} (--extra-positive)", ds.fingerprint.lstrip("+"), False, 1.0,
+                                  {positive: len(ds)}))
+
+
+def validation_count(n: int, val_size: int | None = None) -> int:
+    """Images held out of a source's training split: `val_size`, else 5,000 of a large source, else 10%."""
+    if val_size is not None:
+        return val_size
+    return 5000 if n >= 20000 else max(1, n // 10)
+
+
+def load_sources(specs: list[str], size: int, seed: int, weights: list[float] | None = None,
+                 val_size: int | None = None) -> Mixed:
+    """Load every source's train split (validation held out of each, `validation_count`) and
+    test split, so the threshold and temperature are chosen on every kind of data trained on."""
+    weights = weights or [1.0] * len(specs)
+    if len(weights) != len(specs):
+        raise DataError(f"{len(weights)} source weights for {len(specs)} --data sources")
+    resolved = [D.resolve_source(s) for s in specs]
+    photo = [is_photo_source(r, size) for r in resolved]
+    scale = STORE_SCALE if any(photo) else 1  # thumbnails only: stored as they are, no crops
+    view_sets, store_sets, tests = [], [], []
+    for spec, r, is_photo in zip(specs, resolved, photo):
+        view = D.load_split(r, "train", size)
+        if view.skipped:
+            print(f"warning: {spec}: skipped {len(view.skipped)} unreadable files (first: {view.skipped[0]})", file=sys.stderr)
+        if is_photo:
+            stored = D.load_split(r, "train", size * scale)
+            if stored.paths != view.paths:
+                raise DataError(f"{spec}: files changed while loading; run again")
+        else:
+            stored = D.Dataset(upsample_exact(view.images, scale), view.labels, view.classes, view.fingerprint)
+        view_sets.append(view)
+        store_sets.append(stored)
+        test = None
+        if r.has_test_split:
+            try:
+                test = D.load_split(r, "test", size)
+            except DataError as e:
+                print(f"warning: {spec}: no test split ({e})", file=sys.stderr)
+        tests.append((spec, test))
+    classes: list[str] = []
+    for ds in view_sets:
+        for c in ds.classes:
+            if canonical_class(c) not in classes:
+                classes.append(canonical_class(c))
+
+    tr_img, tr_lab, tr_src, va_img, va_lab, va_src, va_paths, infos = [], [], [], [], [], [], [], []
+    for k, (spec, view, stored) in enumerate(zip(specs, view_sets, store_sets)):
+        labels = _remap(view, classes)
+        n_val = validation_count(len(view), val_size)
+        if not 0 < n_val < len(view):
+            raise DataError(f"{spec}: {len(view)} images are too few to hold out {n_val} for validation")
+        tr, va = D.split_validation(len(view), n_val, seed + k)
+        tr_img.append(stored.images[tr]), tr_lab.append(labels[tr]), tr_src.append(np.full(len(tr), k))
+        va_img.append(view.images[va]), va_lab.append(labels[va]), va_src.append(np.full(len(va), k))
+        va_paths += [view.paths[i] for i in va] if view.paths else [f"{spec}#{i}" for i in va]
+        counts = np.bincount(labels[tr], minlength=len(classes))
+        infos.append(SourceInfo(str(spec), view.fingerprint, photo[k], float(weights[k]),
+                                {c: int(counts[i]) for i, c in enumerate(classes) if counts[i]}, len(va)))
+    fingerprint = "+".join(i.fingerprint for i in infos)
+    train = D.Dataset(np.concatenate(tr_img), np.concatenate(tr_lab), classes, fingerprint)
+    val = D.Dataset(np.concatenate(va_img), np.concatenate(va_lab), classes, fingerprint, va_paths)
+    tests = [(spec, _to_classes(t, classes) if t is not None else None) for spec, t in tests]
+    return Mixed(train, val, np.concatenate(tr_src), np.concatenate(va_src), photo, infos, tests, scale)
+
+
+def _to_classes(ds: D.Dataset, classes: list[str]) -> D.Dataset:
+    """A source's test split relabelled into the merged class list (its own class names kept as
+    `source_classes` so evaluation can restrict the choice to them)."""
+    own = sorted({canonical_class(c) for c in ds.classes}, key=classes.index)
+    return D.Dataset(ds.images, _remap(ds, classes), classes, ds.fingerprint, ds.paths, ds.skipped, own)
+
+
+def source_weights(source: np.ndarray, weights: list[float]) -> np.ndarray:
+    """Per-image sampling weights: a source of weight w is drawn w times as often as its size implies."""
+    return np.asarray(weights, np.float64)[source]
+
+
+def folder_name(spec: str) -> str:
+    """A short name for a source in tables: the file or folder name without archive suffixes."""
+    name = Path(str(spec)).name
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def known_words() -> str:
+    """For --help: the words (classes) the shipped model knows. Reads its JSON only: no torch."""
+    import json
+    from importlib import resources
+
+    try:
+        meta = json.loads((resources.files("birdcnn") / "assets" / "model" / "default.json").read_text())
+        classes = sorted(meta["classes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f"The shipped model knows {len(classes)} words: {', '.join(classes)}."
