@@ -7,6 +7,7 @@ surrogates in JSON), and, where a good file sits beside the bad one, the good fi
 """
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
@@ -33,6 +34,7 @@ from birdcnn.models import build
 LATIN1 = os.fsdecode(b"\xe9t\xe9.jpg")         # "été" in Latin-1: not text on a UTF-8 system
 LATIN1_SHOWN = r"$'\xe9t\xe9.jpg'"              # how every command shows it (bash's quoting)
 MISSING_LATIN1 = os.fsdecode(b"\xe9-missing.jpg")
+BAD_LATIN1 = os.fsdecode(b"\xe9-bad.jpg")       # not an image, and its name not text
 LONG = "x" * 300 + ".jpg"                       # over the 255-byte name limit
 
 
@@ -84,6 +86,70 @@ def with_link(tmp: Path, photos: Path, target: str) -> str:
     return "data"
 
 
+def latin1_classes(tmp: Path, photos: Path) -> str:
+    """Class folders with, besides 8 good photos, a good one and a broken one named in Latin-1."""
+    classes(tmp, photos)
+    shutil.copy(photos / "bird" / "partridge.jpg", tmp / "data" / "bird" / LATIN1)
+    (tmp / "data" / "not_bird" / BAD_LATIN1).write_bytes(b"not a photo")
+    return "data"
+
+
+def long_link(tmp: Path, photos: Path) -> str:
+    """Class folders with data/bird/long.jpg a link to a name over the 255-byte limit: how a folder
+    lists a name that long (no file system here stores one)."""
+    classes(tmp, photos)
+    (tmp / "data" / "bird" / "long.jpg").symlink_to(LONG)
+    return "data"
+
+
+def deep_folder(tmp: Path, photos: Path) -> str:
+    """Class folders with, in data/bird, folders nested past the 4096-byte limit on a path: each
+    name is fine, the deepest cannot be opened by its path (made one level at a time, by handle)."""
+    classes(tmp, photos)
+    fd = os.open(tmp / "data" / "bird", os.O_RDONLY)
+    try:
+        for _ in range(20):
+            os.mkdir("d" * 250, dir_fd=fd)
+            fd, parent = os.open("d" * 250, os.O_RDONLY, dir_fd=fd), fd
+            os.close(parent)
+    finally:
+        os.close(fd)
+    return "data"
+
+
+OTHER = ".mov" if HEIF else ".heic"  # a suffix that is not an image here
+
+
+def with_other_files(tmp: Path, photos: Path) -> str:
+    """Class folders with 2 .txt files and a video or an iPhone photo beside the images."""
+    classes(tmp, photos)
+    for name in ("bird/notes.txt", "not_bird/list.txt", f"bird/IMG_0001{OTHER}"):
+        (tmp / "data" / name).write_bytes(b"x")
+    return "data"
+
+
+def tar_member(name: str, data: bytes = b"", link: str | None = None,
+               kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, bytes]:
+    """A file member holding `data`, or with `link` a symbolic (or `kind`: hard) link."""
+    info = tarfile.TarInfo(name)
+    if link is None:
+        info.size = len(data)
+    else:
+        info.type, info.linkname = kind, link
+    return info, data
+
+
+def class_archive(tmp: Path, photos: Path, name: str, extra: list[tuple[tarfile.TarInfo, bytes]]) -> str:
+    """`name`: a .tar.gz of class folders (data/bird, data/not_bird: `classes`), then `extra` members."""
+    classes(tmp, photos, "src")
+    with tarfile.open(tmp / name, "w:gz") as tar:
+        tar.add(tmp / "src", arcname="data")
+        for info, data in extra:
+            tar.addfile(info, io.BytesIO(data))
+    shutil.rmtree(tmp / "src")
+    return name
+
+
 def archive(tmp: Path, name: str, files: dict[str, bytes]) -> str:
     with tarfile.open(tmp / name, "w:gz") as tar:
         for member, data in files.items():
@@ -117,7 +183,7 @@ class Case:
     writes: str | None = None                 # a file the command must have written, in tmp_path
     log: str | None = None                    # the command logs progress on stderr, which holds this; `error`
                                               # is then one line of it (None: no line holds an error or warning)
-    usage: bool = False                       # refused by argparse: its usage, then the one error line
+    page: tuple[str, ...] = ()                # what the file in `writes` holds
 
 
 CASES = {
@@ -134,12 +200,53 @@ CASES = {
     "1 augment-preview: name not UTF-8": Case(
         lambda t, p: ["augment-preview", photo(t, p, LATIN1), "--n", "2", "--out", "aug.png"],
         0, None, output="wrote aug.png", writes="aug.png"),
+    # ... in training and evaluation folders (the decoded-array cache keys and stores such names),
+    # and on search's contact sheet; the broken one is named as bash quotes it
+    "1 train: names not UTF-8": Case(
+        lambda t, p: ["train", "--data", latin1_classes(t, p), *TRAIN], 0,
+        r"$'data/not_bird/\xe9-bad.jpg': not an image", log="data: 7 training images", writes="run/model.json"),
+    "1 evaluate: names not UTF-8": Case(
+        lambda t, p: ["evaluate", "--data", latin1_classes(t, p), "--json", "--out", "ev"], 1,
+        r"$'data/not_bird/\xe9-bad.jpg': not an image", output='"n": 9'),
+    "1 search --html: names not UTF-8": Case(
+        lambda t, p: ["search", latin1_classes(t, p), "--html", "b.html", "--min-probability", "0"], 1,
+        r"$'data/not_bird/\xe9-bad.jpg': not an image", log="9 show a bird", output=r"$'data/bird/\xe9t\xe9.jpg'",
+        writes="b.html", page=(html.escape(LATIN1_SHOWN), "/data/bird/%E9t%E9.jpg", "1 unreadable")),
     # 2: a name too long for the file system is that file's error, not the batch's
     "2 predict: name too long": Case(
         lambda t, p: ["predict", LONG, photo(t, p)], 1, f"{LONG}: cannot read", output="good.jpg: "),
     "2 locate: name too long": Case(lambda t, p: ["locate", LONG, "--out", "heat.png"], 2, f"{LONG}: cannot read"),
     "2 predict --model: name too long": Case(
         lambda t, p: ["predict", photo(t, p), "--model", "m" * 300 + ".json"], 2, "m" * 300 + ".json: cannot read"),
+    # ... in a training or evaluation folder (through a link), or as an archive member: that one
+    # file is reported, the others used, and the summaries count it
+    "2 train: name too long in the folder": Case(
+        lambda t, p: ["train", "--data", long_link(t, p), *TRAIN], 0,
+        "data/bird/long.jpg: cannot read (File name too long)", log="data: 6 training images", writes="run/model.json"),
+    "2 evaluate: name too long in the folder": Case(
+        lambda t, p: ["evaluate", "--data", long_link(t, p), "--json", "--out", "ev"], 1,
+        "data/bird/long.jpg: cannot read (File name too long)", output='"n": 8'),
+    "2 search: name too long in the folder": Case(
+        lambda t, p: ["search", long_link(t, p)], 1, "data/bird/long.jpg: cannot read (File name too long)",
+        log="1 unreadable"),
+    "2 train: path too long": Case(
+        lambda t, p: ["train", "--data", deep_folder(t, p), *TRAIN], 0,
+        "cannot read folder (File name too long)", log="data: 6 training images", writes="run/model.json"),
+    "2 evaluate: path too long": Case(
+        lambda t, p: ["evaluate", "--data", deep_folder(t, p), "--json", "--out", "ev"], 1,
+        "cannot read folder (File name too long)", output='"n": 8'),
+    "2 search: path too long": Case(
+        lambda t, p: ["search", deep_folder(t, p)], 1, "cannot read folder (File name too long)",
+        log="0 unreadable, 1 unreadable folder"),
+    "2 train: archive member's name too long": Case(
+        lambda t, p: ["train", "--data", class_archive(t, p, "long.tar.gz", [tar_member(f"data/bird/{LONG}", b"x")]),
+                      *TRAIN], 0,
+        f"long.tar.gz: data/bird/{LONG}: cannot extract (File name too long)", log="data: 6 training images",
+        writes="run/model.json"),
+    "2 evaluate: archive member's name too long": Case(
+        lambda t, p: ["evaluate", "--data", class_archive(t, p, "long.tar.gz", [tar_member(f"data/bird/{LONG}", b"x")]),
+                      "--json", "--out", "ev"], 1,
+        f"long.tar.gz: data/bird/{LONG}: cannot extract (File name too long)", output='"n": 8'),
     # 4: a folder named like a photo, with nothing in it
     "4 predict: empty folder x.jpg": Case(
         lambda t, p: ["predict", empty_folder(t, "x.jpg"), photo(t, p)], 1, "x.jpg: folder holds no images",
@@ -162,16 +269,30 @@ CASES = {
     "3 evaluate: dangling link": Case(
         lambda t, p: ["evaluate", "--data", with_link(t, p, "gone.jpg"), "--json", "--out", "ev"], 1,
         "data/bird/bad.jpg: broken symbolic link", output='"n": 8'),
+    # 3: files that are not images are counted by type, as search counts them
+    "3 train: files that are not images": Case(
+        lambda t, p: ["train", "--data", with_other_files(t, p), *TRAIN], 0,
+        f"warning: data: passed over 3 files that are not images: 2 .txt, 1 {OTHER}", log="data: 6 training images",
+        writes="run/model.json"),
+    "3 evaluate: files that are not images": Case(
+        lambda t, p: ["evaluate", "--data", with_other_files(t, p), "--json", "--out", "ev"], 0,
+        f"birdcnn evaluate: passed over 3 files that are not images: 2 .txt, 1 {OTHER}", output='"n": 8'),
     # 6: a device this machine lacks is refused before the data is looked at (--data does not exist)
     "6 train --device: not on this machine": Case(
         lambda t, p: ["train", "--data", "nope", "--device", NO_DEVICE], 2, f"--device {NO_DEVICE}: "),
-    # 10: impossible numbers are refused while parsing, naming the option
+    # 10: impossible numbers are refused while parsing, naming the option, in one line (no usage block)
     **{f"10 train {opt} {value}": Case(
         lambda t, p, a=(opt, value): ["train", "--data", "nope", *a], 2,
-        f"argument {opt}: must be {words}, not {value}", usage=True) for opt, value, words in BAD_NUMBERS},
+        f"birdcnn train: error: argument {opt}: must be {words}, not {value}") for opt, value, words in BAD_NUMBERS},
     "10 train --source-weights: one of several": Case(
         lambda t, p: ["train", "--data", "a", "--data", "b", "--source-weights", "1", "0"], 2,
-        "argument --source-weights: must be a number above 0, not 0", usage=True),
+        "birdcnn train: error: argument --source-weights: must be a number above 0, not 0"),
+    "10 evaluate --threshold 2": Case(
+        lambda t, p: ["evaluate", "--data", "nope", "--threshold", "2"], 2,
+        "birdcnn evaluate: error: argument --threshold: must be between 0 and 1, not 2.0"),
+    "10 train: an option it does not have": Case(
+        lambda t, p: ["train", "--data", "nope", "--lr-decay", "3"], 2,
+        "birdcnn train: error: unrecognized arguments: --lr-decay 3"),
     # 12: train/ and test/ each work alone (ImageFolder's layout), and a missing split is named
     "12 evaluate: only a test/ split": Case(
         lambda t, p: ["evaluate", "--data", one_split(t, p, "test"), "--json", "--out", "ev"], 0, None,
@@ -225,10 +346,7 @@ def test_bad_input(name, photos, tmp_path):
     assert "Traceback" not in err, err
     assert r.returncode == case.code, err
     lines = err.splitlines()
-    if case.usage:  # argparse's way: the usage, then one line saying what is wrong
-        assert lines[0].startswith("usage: ") and lines[-1].startswith("birdcnn ") and case.error in lines[-1], err
-        assert sum("error" in line for line in lines) == 1, err
-    elif case.log is not None:
+    if case.log is not None:
         assert case.log in err, err
         words = [case.error] if case.error else ["error", "warning"]
         assert sum(any(w in line for w in words) for line in lines) == (1 if case.error else 0), err
@@ -241,6 +359,56 @@ def test_bad_input(name, photos, tmp_path):
         assert case.output in out, out
     if case.writes is not None:
         assert (tmp_path / case.writes).stat().st_size > 0
+        written = (tmp_path / case.writes).read_text(encoding="utf-8") if case.page else ""
+        assert all(words in written for words in case.page), case.page
+
+
+# 17: no path taken from an archive member is used to write outside the cache. The archive is
+# extracted into BIRDCNN_CACHE/extracted/<hash>.<pid>.tmp, so "../../../" leads to tmp_path: were a
+# member written there, the test would see it. Each member comes after good class folders.
+ESCAPES = {
+    "../ path": (lambda t: [tar_member("../../../evil.jpg", b"x")],
+                 "member ../../../evil.jpg has a path leading out of the archive (..)"),
+    "absolute path": (lambda t: [tar_member(f"{t}/abs-evil.jpg", b"x")],
+                      "member {tmp}/abs-evil.jpg has an absolute path"),
+    "link out, then a file through it": (
+        lambda t: [tar_member("data/bird/up", link="../../../../.."), tar_member("data/bird/up/through.jpg", b"x")],
+        "member data/bird/up is a link leading out of the archive"),
+    "absolute link, then a file through it": (
+        lambda t: [tar_member("data/bird/abs", link=str(t)), tar_member("data/bird/abs/through.jpg", b"x")],
+        "member data/bird/abs is a link to an absolute path"),
+    "hard link out": (lambda t: [tar_member("data/bird/hard.jpg", link="../../../evil.tar.gz", kind=tarfile.LNKTYPE)],
+                      "member data/bird/hard.jpg is a link leading out of the archive"),
+}
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+@pytest.mark.parametrize("name", ESCAPES)
+def test_archive_members_write_nothing_outside_the_cache(name, command, photos, tmp_path):
+    members, words = ESCAPES[name]
+    words = words.format(tmp=tmp_path)
+    class_archive(tmp_path, photos, "evil.tar.gz", members(tmp_path))
+    before = sorted(tmp_path.rglob("*"))
+    env = {**os.environ, "BIRDCNN_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "birdcnn", command, "--data", "evil.tar.gz", "--out", "out"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr == f"birdcnn {command}: error: evil.tar.gz: unsafe archive, not extracted: {words}\n"
+    cache = tmp_path / "cache"
+    assert sorted(p for p in tmp_path.rglob("*") if cache not in (p, *p.parents)) == before
+    extracted = cache / "extracted"
+    assert not extracted.exists() or not any(extracted.iterdir())  # the members before it were removed
+
+
+# 10: argparse's usage is kept where it helps, when no command is given; --help works
+def test_usage_only_without_a_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main([])
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and err[0].startswith("usage: birdcnn") and err[-1].endswith("required: COMMAND")
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: birdcnn train")
 
 
 # Model metadata: every field of the wrong type or with an impossible value is refused, naming

@@ -3,6 +3,7 @@ and turning labels into bird vs not-bird."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import shutil
@@ -382,6 +383,62 @@ def test_cache_is_keyed_by_the_folder_listing(cifar_small, tmp_path, monkeypatch
     after = D.load_split(folder, "train")
     assert len(after) == len(before) - 1 and after.fingerprint != before.fingerprint
     assert len(list((tmp_path / "cache" / "arrays").glob("*.npz"))) == 2
+
+
+def test_names_that_are_not_text_are_cached_exactly(cifar_small, tmp_path, monkeypatch):
+    # A Latin-1 "été" on a UTF-8 system: Python holds it with lone surrogates, which UTF-8 cannot
+    # encode (the cache key and the stored paths used to raise UnicodeEncodeError).
+    monkeypatch.setenv("BIRDCNN_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "data"
+    shutil.copytree(cifar_small / "test", folder)
+    latin1 = folder / "bird" / os.fsdecode(b"\xe9t\xe9.jpg")
+    (folder / "bird" / "0000.jpg").rename(latin1)
+    first = D.load_split(folder, "train")
+    second = D.load_split(folder, "train")  # from the cache
+    assert len(list((tmp_path / "cache" / "arrays").glob("*.npz"))) == 1
+    assert str(latin1) in first.paths and second.paths == first.paths and second.fingerprint == first.fingerprint
+    assert np.array_equal(second.images[first.paths.index(str(latin1))], load_for_model(latin1, 32))
+
+
+def test_files_that_are_not_images_are_counted_and_reported_once(cifar_small, tmp_path, capsys):
+    for c in ("bird", "cat"):
+        shutil.copytree(cifar_small / "test" / c, tmp_path / "data" / c)
+    for name in ("bird/notes.txt", "cat/b.txt", "cat/clip.mov", "cat/.DS_Store"):
+        (tmp_path / "data" / name).write_text("not an image")
+    ds = D.load_split(tmp_path / "data", "train")
+    assert len(ds) == 40 and str(ds.other) == "2 .txt, 1 .mov" and str(D.to_binary(ds, "bird").other) == str(ds.other)
+    # A photo source is loaded again at another size (training crops): one line, not two.
+    assert str(D.load_split(tmp_path / "data", "train", size=48).other) == "2 .txt, 1 .mov"
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"warning: {tmp_path / 'data'}: passed over 3 files that are not images: 2 .txt, 1 .mov"]
+
+
+def test_archive_member_that_cannot_be_extracted_is_reported_every_time(cifar_small, tmp_path):
+    arc = tmp_path / "long.tar.gz"
+    long = "x" * 300 + ".jpg"
+    with tarfile.open(arc, "w:gz") as tar:
+        tar.add(cifar_small / "test", arcname="data")
+        info = tarfile.TarInfo(f"data/bird/{long}")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    for _ in range(2):  # extracted, then from the cache: the member is still reported
+        ds = D.load_split(arc, "train")
+        assert len(ds) == 200 and ds.skipped == [f"{arc}: data/bird/{long}: cannot extract (File name too long)"]
+
+
+def test_unsafe_archive_member_refuses_the_archive(cifar_small, tmp_path, monkeypatch):
+    monkeypatch.setenv("BIRDCNN_CACHE", str(tmp_path / "cache"))
+    arc = tmp_path / "evil.tar.gz"
+    with tarfile.open(arc, "w:gz") as tar:
+        tar.add(cifar_small / "test" / "bird", arcname="data/bird")
+        info = tarfile.TarInfo("../../../evil.jpg")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(DataError) as e:
+        D.resolve_source(arc)
+    assert str(e.value) == (f"{arc}: unsafe archive, not extracted: "
+                            "member ../../../evil.jpg has a path leading out of the archive (..)")
+    assert not (tmp_path / "evil.jpg").exists() and not any((tmp_path / "cache" / "extracted").iterdir())
 
 
 # ---------------------------------------------------------------- bird vs not bird

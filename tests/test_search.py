@@ -16,7 +16,7 @@ from PIL import Image
 
 from birdcnn.cli import main
 from birdcnn.modelfile import load_model
-from birdcnn.search import model_views, search, walk_images, Skipped
+from birdcnn.search import SearchResult, Skipped, _unreadable, model_views, search, walk_images
 
 OTHERS = ["airplane", "automobile", "cat", "dog", "frog", "ship", "truck"]
 
@@ -219,6 +219,15 @@ def test_unreadable_folder_is_reported(collection, tiny_model, tmp_path):
     finally:
         os.chmod(root / "locked", 0o755)
     assert r.scored == 1 and r.skipped[0].serious and "permission denied" in r.skipped[0].problem.lower()
+
+
+def test_summary_counts_folders_that_could_not_be_read():
+    # Each was reported on its own line: the summary must not say "0 unreadable" alone.
+    r = SearchResult("lib", "bird", 0.5, failed=[("lib/a.jpg", "empty file")],
+                     skipped=[Skipped("lib/locked", "cannot read folder (Permission denied)"),
+                              Skipped("lib/loop", "symbolic link loop (back to lib): not followed", serious=False)])
+    assert _unreadable(r) == "1 unreadable, 1 unreadable folder"
+    assert _unreadable(SearchResult("lib", "bird", 0.5)) == "0 unreadable"
 
 
 def test_default_model_finds_birds(cifar_small):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from .errors import BirdcnnError
 
@@ -24,11 +25,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a refused argument as one line, like every other user error:
+    "birdcnn train: error: argument --lr: must be a number above 0, not -1" (exit 2).
+
+    argparse's usage block is kept where it helps: when no command (or no experiment) is given,
+    since it lists them. Sub-parsers are made of this class too (add_subparsers uses type(self)).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        if self._subparsers is not None and message.startswith("the following arguments are required"):
+            self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser; with `only`, just that command's arguments are loaded (keeps start-up fast)."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="birdcnn", description="Is there a bird in this photo? Train, evaluate and use a CNN.")
+    parser = Parser(prog="birdcnn", description="Is there a bird in this photo? Train, evaluate and use a CNN.")
     parser.add_argument("--version", action="version", version=f"birdcnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_) in COMMANDS.items():
@@ -42,7 +57,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command's own parser: argparse would name the top-level one, "birdcnn"
+        command = parser._subparsers._group_actions[0].choices[args.command]
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     args._argv = list(argv)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)

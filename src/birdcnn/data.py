@@ -11,6 +11,7 @@ run does not decode 60,000 JPEGs again.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -27,7 +28,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from .atomic import write_atomic
-from .errors import DataError, ImageError
+from .errors import DataError, ImageError, display_path
 from .images import OtherFiles, is_image_path, load_for_model
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -47,6 +48,7 @@ class Dataset:
     paths: list[str] | None = None
     skipped: list[str] = field(default_factory=list)  # "path: problem" for unreadable files
     source_classes: list[str] | None = None  # the classes this data can hold, when fewer than `classes`
+    other: OtherFiles = field(default_factory=OtherFiles)  # files passed over as not images, by suffix
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -185,14 +187,18 @@ class _LinkToNothing(type(Path())):
         return super().stat(follow_symlinks=False)
 
 
-def _walk_files(folder: str | Path) -> Iterator[os.DirEntry]:
+def _walk_files(folder: str | Path, unreadable: list[str] | None = None) -> Iterator[os.DirEntry]:
     """The files under `folder` in os.walk's order (a folder's files by name, then its sub-folders
-    by name), links to folders not followed, as os.walk does; the entries tell links apart for free."""
+    by name), links to folders not followed, as os.walk does; the entries tell links apart for free.
+    A folder that cannot be read (no permission, a path over the system's limit) is passed over,
+    as os.walk does, and added to `unreadable` as "path: problem"."""
     try:
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
-    except OSError:
-        return  # as os.walk: an unreadable folder is passed over
+    except OSError as e:
+        if unreadable is not None:
+            unreadable.append(f"{display_path(folder)}: cannot read folder ({e.strerror or e})")
+        return
     subfolders = []
     for e in entries:
         try:
@@ -204,22 +210,23 @@ def _walk_files(folder: str | Path) -> Iterator[os.DirEntry]:
         elif not e.is_symlink():
             subfolders.append(e.path)
     for sub in subfolders:
-        yield from _walk_files(sub)
+        yield from _walk_files(sub, unreadable)
 
 
 class ClassFolderListing(NamedTuple):
     classes: list[str]
     files: list[tuple[Path, int]]  # (image file, class index); links to nothing included: decoding reports them
     other: OtherFiles              # files passed over as not images, by suffix: str() is the one-line report
+    unreadable: list[str]          # "folder: problem" for folders that could not be read: to report as skipped
 
 
 def scan_class_folder(root: Path, classes: list[str] | None = None) -> ClassFolderListing:
     """The image files of each class folder under `root` (recursively), and the other files counted."""
     classes = classes or class_names(root)
     files: list[tuple[Path, int]] = []
-    other = OtherFiles()
+    other, unreadable = OtherFiles(), []
     for i, c in enumerate(classes):
-        for e in _walk_files(root / c):
+        for e in _walk_files(root / c, unreadable):
             if not is_image_path(e.name):
                 if not e.name.startswith("."):  # .DS_Store and the like: hidden, so not reported
                     other.add(e.name)
@@ -227,13 +234,13 @@ def scan_class_folder(root: Path, classes: list[str] | None = None) -> ClassFold
                 files.append((_LinkToNothing(e.path), i))
             else:
                 files.append((Path(e.path), i))
-    return ClassFolderListing(classes, files, other)
+    return ClassFolderListing(classes, files, other, unreadable)
 
 
 def list_class_folder(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
     """(classes, image files with class indices) of `root`: `scan_class_folder` without the counts."""
-    classes, files, _ = scan_class_folder(root, classes)
-    return classes, files
+    listing = scan_class_folder(root, classes)
+    return listing.classes, listing.files
 
 
 def _decode_one(args: tuple[str, int]) -> np.ndarray | str:
@@ -277,52 +284,106 @@ class _Serial:
 
 
 def _load_class_folder(root: Path, classes: list[str] | None, size: int) -> Dataset:
-    found, files = list_class_folder(root, classes)
+    found, files, other, unreadable = scan_class_folder(root, classes)
     if not files:
         raise DataError(f"{root}: no images found (expected class sub-folders such as {root}/bird/*.jpg)")
     listing = "\n".join(f"{p.relative_to(root)}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}\t{y}" for p, y in files)
-    key = hashlib.sha256(f"v{_CACHE_VERSION}\n{root.resolve()}\n{size}\n{listing}".encode()).hexdigest()[:24]
-    fingerprint = f"folder:{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
+    # os.fsencode, not .encode(): a name that is not UTF-8 (Latin-1 "été") holds lone surrogates
+    # that only surrogateescape turns back into its bytes. UTF-8 names give the same bytes either way.
+    key = hashlib.sha256(os.fsencode(f"v{_CACHE_VERSION}\n{root.resolve()}\n{size}\n{listing}")).hexdigest()[:24]
+    fingerprint = f"folder:{hashlib.sha256(os.fsencode(listing)).hexdigest()[:16]}"
     cached = cache_dir() / "arrays" / f"{key}.npz"
     if cached.exists():
         try:
             with np.load(cached, allow_pickle=False) as z:
+                # Paths are stored as the file system's bytes (older caches: text); fsdecode takes both.
                 return Dataset(z["images"], z["labels"], [str(c) for c in z["classes"]], fingerprint,
-                               [str(p) for p in z["paths"]], [str(s) for s in z["skipped"]])
+                               [str(os.fsdecode(p)) for p in z["paths"]], [str(s) for s in z["skipped"]] + unreadable,
+                               other=other)
         except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
             cached.unlink(missing_ok=True)
     images, ok, problems = decode_files([p for p, _ in files], size, desc=f"decoding {root.name}")
     if not ok:
         raise DataError(f"{root}: none of the {len(files)} image files could be read (first: {problems[0]})")
+    # (unreadable folders are not in the listing, so not in the cache: reported on every load)
     labels = np.array([files[i][1] for i in ok], dtype=np.int64)
     paths = [str(files[i][0]) for i in ok]
-    ds = Dataset(images, labels, found, fingerprint, paths, problems)
+    ds = Dataset(images, labels, found, fingerprint, paths, problems + unreadable, other=other)
     cached.parent.mkdir(parents=True, exist_ok=True)
+    # Paths as bytes: exactly the names on disk, whatever their encoding (problems are already
+    # printable text, display_path'd by ImageError).
     write_atomic(cached, lambda tmp: np.savez(tmp, images=images, labels=labels, classes=np.array(found),
-                                              paths=np.array(paths), skipped=np.array(problems, dtype=str)))
+                                              paths=np.array([os.fsencode(p) for p in paths], dtype=bytes),
+                                              skipped=np.array(problems, dtype=str)))
     return ds
 
 
-def _extract_archive(path: Path) -> Path:
-    """Extract a tar of class folders once into the cache (keyed by content hash)."""
+# Archive members refused by tarfile's 'data' filter, as people would say it. Any of them refuses
+# the whole archive: it was not made as a folder of photos.
+_UNSAFE_MEMBERS = {
+    tarfile.AbsolutePathError: "has an absolute path",
+    tarfile.OutsideDestinationError: "has a path leading out of the archive (..)",
+    tarfile.AbsoluteLinkError: "is a link to an absolute path",
+    tarfile.LinkOutsideDestinationError: "is a link leading out of the archive",
+    tarfile.SpecialFileError: "is a device or other special file",
+}
+# Errors that belong to one member's name (too long for this file system, a file where a folder
+# was): that member is left out and reported as an unreadable image; the others are extracted.
+_MEMBER_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.EEXIST, errno.ENOTDIR, errno.EISDIR}
+_UNEXTRACTED = ".unextracted.json"  # beside .complete: the members left out, reported on every run
+
+
+def _extract_members(tar: tarfile.TarFile, path: Path, into: Path) -> list[tuple[str, str]]:
+    """Extract every member of `tar` (the user's archive `path`) under `into`; returns the
+    (member name, problem) of those left out. Nothing is ever written outside `into`."""
+    left_out = []
+    for m in tar:
+        # The filter would strip a leading "/" and extract the member anyway: refused like "..".
+        why = _UNSAFE_MEMBERS[tarfile.AbsolutePathError] if m.name.startswith("/") else None
+        try:
+            if why is None:
+                tar.extract(m, into, set_attrs=not m.isdir(), filter="data")
+        except tarfile.FilterError as e:
+            why = _UNSAFE_MEMBERS.get(type(e), f"is refused ({e})")
+        except OSError as e:
+            if e.errno not in _MEMBER_ERRNOS:
+                raise
+            left_out.append((m.name, f"cannot extract ({e.strerror or e})"))
+        if why is not None:
+            raise DataError(f"{display_path(path)}: unsafe archive, not extracted: member {display_path(m.name)} {why}")
+    return left_out
+
+
+def _extract_archive(path: Path) -> tuple[Path, list[tuple[str, str]]]:
+    """Extract a tar of class folders once into the cache (keyed by content hash); returns the
+    folder and the (member name, problem) of members that could not be extracted."""
+    import shutil
+
     digest = _file_hash(path)[:24]
     dest = cache_dir() / "extracted" / digest
     if (dest / ".complete").exists():
-        return dest
+        try:
+            return dest, [(str(n), str(p)) for n, p in json.loads((dest / _UNEXTRACTED).read_text())]
+        except (OSError, ValueError, TypeError):
+            return dest, []  # none left out (or extracted by an older version)
     tmp = dest.with_name(digest + f".{os.getpid()}.tmp")
     try:
         with tarfile.open(path) as tar:
-            tar.extractall(tmp, filter="data")  # 'data' filter: no absolute paths, links out, devices
-    except (tarfile.TarError, OSError, EOFError) as e:
-        import shutil
+            left_out = _extract_members(tar, path, tmp)
+    except DataError:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{path}: corrupt or truncated archive ({e})") from None
+        raise
+    except (tarfile.TarError, OSError, EOFError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{display_path(path)}: corrupt or truncated archive ({e})") from None
+    tmp.mkdir(parents=True, exist_ok=True)  # an archive of nothing: _check_extracted says so
+    if left_out:  # json's \udcxx escapes keep names that are not UTF-8 exactly
+        (tmp / _UNEXTRACTED).write_text(json.dumps(left_out))
     (tmp / ".complete").touch()
     if dest.exists():
-        import shutil
         shutil.rmtree(dest)
     tmp.replace(dest)
-    return dest
+    return dest, left_out
 
 
 def _folder_root(folder: Path) -> Path:
@@ -361,6 +422,8 @@ class ResolvedSource:
     path: Path                   # the archive, the folder of CIFAR batches, or the folder of class folders
     split_folders: bool = False  # class folders in train/ and/or test/ sub-folders
     archive: Path | None = None  # the user's archive that `path` was extracted from (into the cache)
+    # Archive members that could not be extracted: (where in the cache it would be, "archive: member: problem").
+    unextracted: tuple[tuple[Path, str], ...] = ()
 
     @property
     def name(self) -> Path:
@@ -384,6 +447,11 @@ class ResolvedSource:
             raise DataError(f"{self.name}: no {'training' if split == 'train' else 'test'} split: "
                             f"it has a {other}/ folder of class folders but no {split}/ ({hint})")
         return self.path / split, class_names(*(self.path / s for s in present))
+
+    def unextracted_under(self, root: Path) -> list[str]:
+        """The problems of the archive members that would lie under `root` (a split's folder),
+        to be reported with that split's unreadable images."""
+        return [problem for where, problem in self.unextracted if where.is_relative_to(root)]
 
 
 def _check_extracted(r: ResolvedSource) -> None:
@@ -426,14 +494,17 @@ def resolve_source(source: str | Path | ResolvedSource) -> ResolvedSource:
             raise DataError(f"{path}: corrupt or truncated archive ({e})") from None
         if first is not None and Path(first.name).name.startswith(CIFAR_BATCH_FILES):
             return ResolvedSource("cifar-archive", path)
-        archive, path = path, _folder_root(_extract_archive(path))
+        archive, (extracted, left_out) = path, _extract_archive(path)
+        path = _folder_root(extracted)
+        unextracted = tuple((extracted / name, f"{display_path(archive)}: {display_path(name)}: {problem}")
+                            for name, problem in left_out)
     else:
-        archive = None
+        archive, unextracted = None, ()
     if not path.is_dir():
         raise DataError(f"{path}: not a folder")
     if (cifar := _is_cifar_folder(path)) is not None:
         return ResolvedSource("cifar-folder", cifar)
-    r = ResolvedSource("class-folders", path, _has_split_folders(path), archive)
+    r = ResolvedSource("class-folders", path, _has_split_folders(path), archive, unextracted)
     if archive is not None:
         _check_extracted(r)
     return r
@@ -451,7 +522,18 @@ def load_split(source: str | Path | ResolvedSource, split: str = "train", size: 
         return _check_size(_load_cifar_archive(r.path, split), size)
     if r.kind == "cifar-folder":
         return _check_size(_load_cifar_folder(r.path, split), size)
-    return _load_class_folder(*r.class_folder(split), size)
+    root, classes = r.class_folder(split)
+    ds = _load_class_folder(root, classes, size)
+    ds.skipped += r.unextracted_under(root)
+    if ds.other and root not in _told_other:
+        # Once per folder: a photo source is loaded twice (at the model's size and for crops).
+        _told_other.add(root)
+        where = display_path(r.name) + (f" ({split}/)" if r.split_folders else "")
+        print(f"warning: {where}: passed over {len(ds.other)} files that are not images: {ds.other}", file=sys.stderr)
+    return ds
+
+
+_told_other: set[Path] = set()  # class folders whose non-image files were reported (see load_split)
 
 
 def _check_size(ds: Dataset, size: int) -> Dataset:
@@ -472,7 +554,8 @@ def to_binary(ds: Dataset, positive: str) -> Dataset:
         raise DataError(f"positive class {positive!r} is not among the data's classes: {', '.join(ds.classes)}")
     pos = ds.classes.index(positive)
     labels = (ds.labels == pos).astype(np.int64)
-    return Dataset(ds.images, labels, [f"not_{positive}", positive], ds.fingerprint + f":binary-{positive}", ds.paths, ds.skipped)
+    return Dataset(ds.images, labels, [f"not_{positive}", positive], ds.fingerprint + f":binary-{positive}", ds.paths,
+                   ds.skipped, other=ds.other)
 
 
 def add_extra_positive(ds: Dataset, folder: str | Path, positive: str) -> Dataset:
@@ -487,7 +570,7 @@ def add_extra_positive(ds: Dataset, folder: str | Path, positive: str) -> Datase
     images, ok, problems = decode_files(files, size, desc=f"decoding {folder.name}")
     pos = ds.classes.index(positive)
     paths = (ds.paths or [""] * len(ds)) + [str(files[i]) for i in ok]
-    digest = hashlib.sha256("\n".join(str(files[i]) for i in ok).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(os.fsencode("\n".join(str(files[i]) for i in ok))).hexdigest()[:12]  # fsencode: any name
     return Dataset(np.concatenate([ds.images, images]), np.concatenate([ds.labels, np.full(len(ok), pos, np.int64)]),
                    ds.classes, ds.fingerprint + f"+extra:{digest}", paths, ds.skipped + problems)
 

@@ -25,6 +25,7 @@ import numpy as np
 from . import data as D
 from . import metrics as M
 from .errors import BirdcnnError, DataError
+from .images import OtherFiles
 from .modelfile import Classifier, load_model
 from .sources import canonical_class
 
@@ -46,6 +47,7 @@ class Source:
     _dataset: D.Dataset | None = None
     _files: list[tuple[Path, int]] | None = None
     size: int = 32
+    other: OtherFiles = field(default_factory=OtherFiles)  # files passed over as not images, by suffix
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, list[str] | None]]:
         if self._dataset is not None:  # CIFAR-10 batches: already one 30 MB array
@@ -71,10 +73,14 @@ def open_source(source: str, size: int = 32) -> Source:
         ds = D.load_split(r, "test", size)
         return Source(str(source), "test", list(ds.classes), len(ds), _dataset=ds, size=size)
     root, classes = r.class_folder("test")
-    classes, files = D.list_class_folder(root, classes)
+    classes, files, other, unreadable = D.scan_class_folder(root, classes)
+    # Folders that could not be read and archive members that could not be extracted: reported
+    # with the unreadable images.
+    skipped = unreadable + r.unextracted_under(root)
     if not files:
         raise DataError(f"{root}: no images found (expected class sub-folders such as {root}/bird/*.jpg)")
-    return Source(str(source), "test" if r.split_folders else "all", classes, len(files), _files=files, size=size)
+    return Source(str(source), "test" if r.split_folders else "all", classes, len(files) + len(skipped),
+                  skipped=skipped, _files=files, size=size, other=other)
 
 
 # ---------------------------------------------------------------- gallery candidates
@@ -385,7 +391,8 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise BirdcnnError(f"{out}: exists and is not a folder (--out)")
     model = load_model(args.model)
-    ev = evaluate(model, args.data, model_name=str(args.model or "the shipped model"), threshold=args.threshold,
+    src = open_source(args.data, model.input_size)
+    ev = evaluate(model, src, model_name=str(args.model or "the shipped model"), threshold=args.threshold,
                   target_precision=args.target_precision, target_recall=args.target_recall,
                   gallery_size=args.gallery_size, progress=sys.stderr.isatty())
     t0 = time.perf_counter()
@@ -396,6 +403,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(ev))
         print(f"\n{ev.n} images evaluated in {ev.seconds:.1f} s; report written in {report_seconds:.1f} s: {out / 'report.html'}")
+    if src.other:  # as search says it: a folder of HEIC photos must not look small without a word
+        print(f"birdcnn evaluate: passed over {len(src.other)} files that are not images: {src.other}", file=sys.stderr)
     for i, problem in enumerate(ev.skipped):
         if i == 20:
             print(f"birdcnn evaluate: ... and {len(ev.skipped) - 20} more (all in {out / 'metrics.json'})", file=sys.stderr)

@@ -471,7 +471,7 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5em; background: #fafafa; 
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Folder <code>{html.escape(display_path(result.folder))}</code>: {s['scanned']} photos scanned, {s['matched']} with
-{html.escape(result.target)} probability &ge; {result.min_probability:.3g}, {s['failed']} unreadable.
+{html.escape(result.target)} probability &ge; {result.min_probability:.3g}, {_unreadable(result)}.
 Most confident first; click a photo to open it.{f" The {more} less confident matches are not shown." if more > 0 else ""}</p>
 <div class="grid">
 {chr(10).join(cards)}
@@ -501,6 +501,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score each photo once, without mirror averaging: ~1.2x faster on CPU")
     p.add_argument("--crops", action="store_true",
                    help="also score the four quadrants and the centre, keep the highest (finds small birds; ~6x the network work)")
+
+
+def _unreadable(r: SearchResult) -> str:
+    """'2 unreadable' for the summary, and the folders that could not be read (a name too long, no
+    permission): each was reported above, so the summary must not say '0 unreadable' alone."""
+    folders = sum(s.serious for s in r.skipped)
+    return f"{len(r.failed)} unreadable" + (f", {folders} unreadable folder{'s' * (folders != 1)}" if folders else "")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -535,7 +542,7 @@ def run(args: argparse.Namespace) -> int:
     s = r.summary()
     print(f"birdcnn search: {s['scanned']} photos scanned ({r.scored} now at {r.photos_per_second:.0f} photos/s"
           f"{f', {r.resumed} from {args.output}' if r.resumed else ''}), {s['matched']} show a {r.target} "
-          f"(p >= {r.min_probability:.3g}), {s['failed']} unreadable", file=sys.stderr)
+          f"(p >= {r.min_probability:.3g}), {_unreadable(r)}", file=sys.stderr)
     if r.interrupted:
         hint = f"; continue with --output {args.output} --resume" if args.output else ""
         print(f"birdcnn search: interrupted: the list above holds the {r.scored + r.resumed} photos scored so far{hint}",
