@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from birdcnn import sources as S
 from birdcnn.augment import GREY_WEIGHTS, PhotoViews, colour_jitter
 from birdcnn.cli import main
-from birdcnn.data import load_split
+from birdcnn.data import load_split, split_validation
 from birdcnn.modelfile import load_model
 from birdcnn.train import choose_threshold, restricted_argmax
 
@@ -66,12 +66,12 @@ def test_load_sources_merges_classes_and_keeps_each_split(cifar_small, photo_sou
     # Thumbnails are stored by repeating pixels: a 2x2 mean gives the model's view back exactly.
     view = load_split(cifar_small, "train").images
     stored = torch.from_numpy(mixed.train.images[mixed.train_source == 0][:50]).permute(0, 3, 1, 2).float()
-    tr, _ = __import__("birdcnn.data", fromlist=["split_validation"]).split_validation(600, 60, 0)
+    tr, _ = split_validation(600, 60, 0)
     assert torch.equal(F.avg_pool2d(stored, 2), torch.from_numpy(view[tr[:50]]).permute(0, 3, 1, 2).float())
     # Every source's test split, relabelled into the merged classes, knowing its own classes.
     (name, test), (_, photo_test) = mixed.tests
     assert test.source_classes == classes[:10] and len(test) == 200
-    assert photo_test is not None  # a folder without train/test is used whole for either split
+    assert photo_test is None  # a folder without a test/ split gives no test figures
 
 
 def test_single_thumbnail_source_stores_images_as_they_are(cifar_small):
@@ -136,6 +136,16 @@ def test_train_on_two_sources_records_each(cifar_small, photo_source, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["sources"]) == {str(cifar_small), str(photo_source)}
     assert metrics["sources"][str(cifar_small)]["test"]["n"] == 200
+
+    # --recalibrate: thresholds chosen again on the same validation split; the weights stay.
+    weights = (out / "model.safetensors").read_bytes()
+    assert main(["train", "--out", str(out), "--recalibrate", "--target-precision", "0.5"]) == 0
+    again = json.loads((out / "model.json").read_text())
+    assert (out / "model.safetensors").read_bytes() == weights and again["weights_sha256"] == meta["weights_sha256"]
+    assert again["training"]["config"]["target_precision"] == 0.5 and "0.5" in again["threshold_rule"]
+    assert again["temperature"] == pytest.approx(meta["temperature"], rel=1e-4)  # same data, same fit
+    assert again["training"]["recalibrated"]["command"].endswith("--target-precision 0.5")
+    assert main(["train", "--out", str(tmp_path / "nothing"), "--recalibrate"]) == 2
 
 
 def test_search_for_several_words_adds_their_probabilities(tiny_model, photos):

@@ -126,6 +126,8 @@ def test_kill_9_then_resume(run, cifar_small, tmp_path, capsys):
     clf = load_model(out)  # a loadable, working model
     assert clf.probabilities(load_split(cifar_small, "test").images[:5]).shape == (5, 10)
     assert len(json.loads((out / "history.json").read_text())) == EPOCHS
+    command = json.loads((out / "model.json").read_text())["training"]["command"]
+    assert command.startswith(f"birdcnn train --data {cifar_small}") and command.endswith(f"continued with: birdcnn train --out {out} --resume")
     # Seeded and resumable exactly: the same weights as the run that was never interrupted.
     assert_same_weights(out, run)
 

@@ -308,18 +308,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def calibrate_windows(model: Classifier, paths: list[str], positive: np.ndarray, target_precision: float,
-                      limit: int = 200, seed: int = 0) -> tuple[float | None, dict]:
+                      limit: int = 240, seed: int = 0) -> tuple[float | None, dict]:
     """The window threshold: the lowest probability at which "some window reaches it" means
     "this photo shows the positive class" with `target_precision` on held-out photos.
 
     A window is a crop the whole-photo threshold was never chosen for, and a photo offers
     hundreds of them, so its best window needs a threshold of its own. `paths`/`positive`: held-out
-    (validation) photos; at most `limit` are used, positives and negatives in their proportion.
-    Returns (threshold or None when unreachable, {"photos", "positives", "best_window_scores"...}).
+    (validation) photos. At most `limit` are scored (each costs a full `locate`): up to a third
+    positives, the rest negatives, and the negatives are weighted back to their share of `paths`,
+    so that the precision is the one on all of them. Returns (threshold or None, facts).
     """
-    from .metrics import threshold_for_precision
-
-    pick = np.random.default_rng(seed).permutation(len(paths))[:limit]
+    rng = np.random.default_rng(seed)
+    pos_all, neg_all = np.nonzero(positive)[0], np.nonzero(~np.asarray(positive, bool))[0]
+    n_pos = min(len(pos_all), limit // 3)
+    n_neg = min(len(neg_all), limit - n_pos)
+    pick = np.r_[rng.choice(pos_all, n_pos, replace=False), rng.choice(neg_all, n_neg, replace=False)]
     best, y = [], []
     for i in pick:
         try:
@@ -328,6 +331,15 @@ def calibrate_windows(model: Classifier, paths: list[str], positive: np.ndarray,
             continue
         best.append(res.max_probability)
         y.append(bool(positive[i]))
-    best_a, y_a = np.array(best), np.array(y)
-    t = threshold_for_precision(y_a, best_a, target_precision) if y_a.any() else None
-    return t, {"photos": len(y_a), "positives": int(y_a.sum()), "target_precision": target_precision}
+    best_a, y_a = np.array(best), np.array(y, bool)
+    facts = {"photos": len(y_a), "positives": int(y_a.sum()), "target_precision": target_precision}
+    if not y_a.any() or y_a.all():
+        return None, facts
+    neg_weight = (len(neg_all) / (~y_a).sum()) / (len(pos_all) / y_a.sum())
+    order = np.argsort(-best_a, kind="stable")
+    s, yy = best_a[order], y_a[order]
+    tp, fp = np.cumsum(yy), np.cumsum(~yy) * neg_weight
+    precision = tp / (tp + fp)
+    # A cut after index i keeps every score >= s[i]: only the last of a run of equal scores is a cut.
+    cuts = [i for i in range(len(s)) if (i + 1 == len(s) or s[i + 1] < s[i]) and precision[i] >= target_precision]
+    return (float(s[max(cuts)]) if cuts else None), facts

@@ -256,7 +256,12 @@ class Classifier:
             c = canonical_class(w)
             if c not in self.classes:
                 near = [k for k in self.classes if c in k or k in c][:8]
-                hint = f"; did you mean {', '.join(near)}?" if near else f"; it knows {len(self.classes)} words: see --help"
+                if near:
+                    hint = f"; did you mean {', '.join(near)}?"
+                elif len(self.classes) <= 20:
+                    hint = f"; its classes: {', '.join(self.classes)}"
+                else:
+                    hint = f"; it knows {len(self.classes)} words: see --help"
                 raise BirdcnnError(f"the model knows no class {w.strip()!r}{hint}")
             out.append(self.classes.index(c))
         if not out:

@@ -64,13 +64,17 @@ def is_photo_source(r: D.ResolvedSource, size: int) -> bool:
     root, classes = r.class_folder("train")
     sides = []
     for c in classes:
-        for p in sorted((root / c).iterdir())[:3]:
-            if p.is_file() and is_image_path(p):
-                try:
+        try:
+            first = sorted((root / c).iterdir())[:3]
+        except OSError:
+            continue
+        for p in first:
+            try:  # a broken link or a name too long is judged later, as an unreadable image
+                if p.is_file() and is_image_path(p):
                     with Image.open(p) as im:
                         sides.append(min(im.size))
-                except OSError:
-                    continue
+            except OSError:
+                continue
         if len(sides) >= 12:
             break
     return bool(sides) and float(np.median(sides)) > 1.25 * size

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import data as D
 from . import sources as S
-from .atomic import save_figure, write_atomic
+from .atomic import save_figure, write_atomic, write_text
 from .augment import Augment, PhotoViews, alternating_flip
 from .errors import BirdcnnError, DataError
 from .metrics import binary_report, expected_calibration_error, fit_temperature, threshold_for_precision
@@ -206,8 +206,8 @@ class _StopFlag:
 
 
 def _save_checkpoint(path: Path, net, opt, step: int, history: list, cfg: TrainConfig, norm: dict,
-                     lookahead: Lookahead | None) -> None:
-    state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                     lookahead: Lookahead | None, command: str) -> None:
+    state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "command": command,
              "history": json.dumps(history), "config": json.dumps(asdict(cfg)), "norm": json.dumps(norm),
              "lookahead": lookahead.avg if lookahead is not None else {}}
     write_atomic(path, lambda tmp: torch.save(state, tmp))
@@ -252,7 +252,9 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
         ckpt = _load_checkpoint(ckpt_path)
         saved = json.loads(ckpt["config"])
         cfg = TrainConfig(**{**saved, "out": str(run_dir), "device": cfg.device or saved.get("device")})
-        command = command or ""
+        # The model records the command that started the run, then each that continued it.
+        first = ckpt.get("command", "")
+        command = f"{first}; continued with: {command}" if first and command else (first or command)
     else:
         if ckpt_path.exists() or (run_dir / "model.json").exists():
             raise BirdcnnError(f"{run_dir}: already holds a run; pass --resume to continue it, or choose another --out")
@@ -394,7 +396,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
                 history.append({"epoch": epoch + 1, "step": step, "train_loss": epoch_loss / epoch_seen,
                                 "train_accuracy": epoch_correct / epoch_seen, "val_accuracy": val_acc,
                                 "seconds": dt, "images_per_second": epoch_seen / dt})
-                _save_checkpoint(ckpt_path, net, opt, step, history, cfg, norm, lookahead)
+                _save_checkpoint(ckpt_path, net, opt, step, history, cfg, norm, lookahead, command)
                 tqdm.write(f"epoch {epoch + 1:>3}/{math.ceil(cfg.epochs)}  loss {epoch_loss / epoch_seen:.4f}  "
                            f"train acc {epoch_correct / epoch_seen:.4f}  val acc {val_acc:.4f}  "
                            f"{epoch_seen / dt:.0f} img/s  {train_seconds:.0f}s", file=sys.stderr)
@@ -405,7 +407,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
                 t0 = time.perf_counter()
             if stop.set and step < total_steps:
                 train_seconds += time.perf_counter() - t0
-                _save_checkpoint(ckpt_path, net, opt, step, history, cfg, norm, lookahead)
+                _save_checkpoint(ckpt_path, net, opt, step, history, cfg, norm, lookahead, command)
                 interrupted = True
                 break
     bar.close()
@@ -417,10 +419,34 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     net.eval()
     clf = _classifier(net, cfg, classes, norm)
     meta, metrics = _finish(clf, cfg, mixed, history, command)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text(run_dir / "history.json", json.dumps(history, indent=2) + "\n")
     plot_history(history, run_dir / "training_curves.png", title=f"{cfg.arch} on {' + '.join(S.folder_name(d) for d in data_sources(cfg))}")
     save_model(net, meta, run_dir / "model")  # last: model.json marks a finished run (see --resume)
+    print(f"saved {run_dir / 'model.json'}", file=sys.stderr)
+    return run_dir
+
+
+def recalibrate(run_dir: str | Path, target_precision: float | None = None, command: str = "") -> Path:
+    """Choose a finished run's temperature, decision threshold and window threshold again, on its
+    own validation split (rebuilt exactly from the run's recorded config and data): after a
+    change to how they are chosen, or for another `target_precision`. The weights are untouched."""
+    from .modelfile import load_model, read_metadata
+
+    run_dir = Path(run_dir)
+    meta = read_metadata(run_dir / "model.json")
+    try:
+        cfg = TrainConfig(**meta["training"]["config"])
+        history = json.loads((run_dir / "history.json").read_text())
+    except (KeyError, TypeError, OSError, ValueError) as e:
+        raise BirdcnnError(f"{run_dir}: not a finished training run of this birdcnn ({e})") from None
+    if target_precision is not None:
+        cfg.target_precision = target_precision
+    clf = load_model(run_dir, device=cfg.device)
+    new_meta, metrics = _finish(clf, cfg, prepare_data(cfg), history, meta["training"].get("command", ""))
+    new_meta["training"]["recalibrated"] = {"command": command, "date": datetime.now().isoformat(timespec="seconds")}
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    save_model(clf.net, new_meta, run_dir / "model")
     print(f"saved {run_dir / 'model.json'}", file=sys.stderr)
     return run_dir
 

@@ -27,10 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, help="learning rate (default: per arch)")
     p.add_argument("--label-smoothing", type=ranged(float, 0, 1, below=True))
     p.add_argument("--val-size", type=positive_int, help="training images held out to pick threshold and temperature (default 5000, or 10%%)")
-    p.add_argument("--target-precision", type=ranged(float, 0, 1, above=True), default=0.97, help="decision threshold target on validation (default 0.97)")
+    p.add_argument("--target-precision", type=ranged(float, 0, 1, above=True), help="decision threshold target on validation (default 0.97)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/train-DATE)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="choose the finished run's temperature and thresholds in --out again on its validation split "
+                        "(e.g. with another --target-precision); the weights are untouched")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
     add_augment_arguments(p)
@@ -52,8 +55,13 @@ def augment_overrides(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from .errors import BirdcnnError
-    from .train import TrainConfig, train
+    from .train import TrainConfig, recalibrate, train
 
+    if args.recalibrate:
+        if not args.out:
+            raise BirdcnnError("--recalibrate needs --out RUN_DIR (the finished run)")
+        recalibrate(args.out, args.target_precision, command="birdcnn " + shlex.join(args._argv))
+        return 0
     if not args.data and not args.resume:
         raise BirdcnnError("--data is required (e.g. --data cifar10, or a folder of class folders)")
     if args.resume and not args.out:
@@ -72,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=data[0] if len(data) == 1 else data, source_weights=args.source_weights, arch=args.arch or "fast", classes=args.classes, positive=args.positive,
                       extra_positive=args.extra_positive, balance=args.balance, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
-                      augment=augment_overrides(args), val_size=args.val_size, target_precision=args.target_precision,
+                      augment=augment_overrides(args), val_size=args.val_size,
+                      target_precision=0.97 if args.target_precision is None else args.target_precision,
                       seed=args.seed, out=args.out, device=args.device, bf16=args.bf16)
     train(cfg, resume=args.resume, command="birdcnn " + shlex.join(args._argv))
     return 0

@@ -1,0 +1,69 @@
+"""What a larger input would cost: the default network's time per photo at 32, 48 and 64 px.
+
+Search gives the network one thread (the other core decodes JPEGs), so that is measured, in
+bf16 with the flip pair search averages, batch 256; and the training step (forward + backward,
+batch 1024, 2 threads), which sets how many images an hour of training sees.
+
+    python benchmarks/input_size.py [--sizes 32 48 64]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from birdcnn.models import build
+
+from common import print_machine_facts, print_summary
+
+
+def timed(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 48, 64])
+    args = ap.parse_args()
+    facts = print_machine_facts()
+    net = build("fast", 283).to(memory_format=torch.channels_last)
+    summary = {"benchmark": "input_size", **facts}
+    threads = torch.get_num_threads()
+    for size in args.sizes:
+        x = torch.randn(256, 3, size, size).contiguous(memory_format=torch.channels_last)
+        net.eval()
+        torch.set_num_threads(1)
+
+        @torch.no_grad()
+        def infer():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                net(x), net(x.flip(-1))
+
+        infer_ms = timed(infer) / len(x) * 1000
+        torch.set_num_threads(threads)
+        net.train()
+        xb, y = torch.randn(1024, 3, size, size).contiguous(memory_format=torch.channels_last), torch.randint(0, 283, (1024,))
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(net(xb).float(), y)
+            loss.backward()
+
+        train_ips = len(xb) / timed(step, repeats=2)
+        print(f"{size} px: network {infer_ms:.2f} ms per photo in search (1 thread, flip pair) "
+              f"-> at most {1000 / infer_ms:.0f} photos/s from the network alone; "
+              f"training {train_ips:.0f} images/s (forward + backward, {threads} threads)")
+        summary[f"{size}px"] = {"search_network_ms": round(infer_ms, 2), "train_images_per_s": round(train_ips)}
+    print_summary(summary)
+
+
+if __name__ == "__main__":
+    main()
