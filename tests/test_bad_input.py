@@ -28,7 +28,7 @@ from birdcnn.cli import main
 from birdcnn.devices import check_device
 from birdcnn.errors import BirdcnnError
 from birdcnn.images import HEIF_PLUGIN as HEIF  # the optional birdcnn[heif]: its opener is registered now
-from birdcnn.modelfile import default_model_path, save_model
+from birdcnn.modelfile import default_model_path, read_metadata, save_model
 from birdcnn.models import build
 
 LATIN1 = os.fsdecode(b"\xe9t\xe9.jpg")         # "été" in Latin-1: not text on a UTF-8 system
@@ -137,6 +137,13 @@ def tar_member(name: str, data: bytes = b"", link: str | None = None,
     else:
         info.type, info.linkname = kind, link
     return info, data
+
+
+def one_class(tmp: Path, photos: Path) -> str:
+    """A folder of class folders holding birds only."""
+    classes(tmp, photos)
+    shutil.rmtree(tmp / "data" / "not_bird")
+    return "data"
 
 
 def class_archive(tmp: Path, photos: Path, name: str, extra: list[tuple[tarfile.TarInfo, bytes]]) -> str:
@@ -277,6 +284,10 @@ CASES = {
     "3 evaluate: files that are not images": Case(
         lambda t, p: ["evaluate", "--data", with_other_files(t, p), "--json", "--out", "ev"], 0,
         f"birdcnn evaluate: passed over 3 files that are not images: 2 .txt, 1 {OTHER}", output='"n": 8'),
+    # 9: a single class is refused before training, with the reason, and no model is saved
+    "9 train: one class only": Case(
+        lambda t, p: ["train", "--data", one_class(t, p), *TRAIN], 2,
+        "only one class ('bird'): a classifier needs at least two"),
     # 6: a device this machine lacks is refused before the data is looked at (--data does not exist)
     "6 train --device: not on this machine": Case(
         lambda t, p: ["train", "--data", "nope", "--device", NO_DEVICE], 2, f"--device {NO_DEVICE}: "),
@@ -411,6 +422,7 @@ def test_usage_only_without_a_command(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: birdcnn train")
 
 
+SHIPPED_CLASSES = read_metadata(default_model_path())["classes"]
 # Model metadata: every field of the wrong type or with an impossible value is refused, naming
 # the field (in-process: the same code as the command, without a process start per row).
 BAD_METADATA = {
@@ -424,9 +436,10 @@ BAD_METADATA = {
     "std 0": ({"std": [0, 0.25, 0.25]}, "'std' must be three numbers above 0"),
     "temperature 0": ({"temperature": 0}, "'temperature' must be a number above 0"),
     "temperature NaN": ({"temperature": float("nan")}, "'temperature' must be a number above 0, not nan"),
-    "classes: 9 for 10 outputs": ({"classes": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                               "ship"]}, "'classes' names 9 classes but the weights have 10 outputs"),
-    "classes repeated": ({"classes": ["bird"] * 10}, "'classes' must be a list of two or more different class names"),
+    "classes: one fewer than the outputs": ({"classes": SHIPPED_CLASSES[:-1]},
+                                            f"'classes' names {len(SHIPPED_CLASSES) - 1} classes but the weights have "
+                                            f"{len(SHIPPED_CLASSES)} outputs"),
+    "classes repeated": ({"classes": ["bird"] * len(SHIPPED_CLASSES)}, "'classes' must be a list of two or more different class names"),
     "arch unknown": ({"arch": "resnet"}, "'arch' must be one of the known architectures"),
     "arch_kwargs not an object": ({"arch_kwargs": [1]}, "'arch_kwargs' must be"),
     "input_size too small for the network": ({"input_size": 4}, "'input_size' 4 does not fit the network"),

@@ -16,7 +16,8 @@ from .atomic import save_figure
 from .augment import Augment
 from .errors import BirdcnnError
 from .images import FIGURE_SUFFIXES, display_path, fit_square, open_image
-from .train import RECIPES, default_run_dir
+from .runs import default_run_dir
+from .train import RECIPES
 from .train_cli import add_augment_arguments, augment_overrides
 
 INPUT_SIZE = 32          # what training sees (train.py always trains at 32x32)
@@ -73,10 +74,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-
     if not 1 <= args.n <= 400:
         raise BirdcnnError(f"--n must be between 1 and 400, not {args.n}")
     settings = {**RECIPES[args.arch]["augment"], **augment_overrides(args)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import NoReturn
 
@@ -55,6 +56,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Commands only write picture files: matplotlib's file backend, set in this one place (a
+    # library user's own MPLBACKEND wins; without a display matplotlib picks Agg by itself).
+    os.environ.setdefault("MPLBACKEND", "Agg")
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args, extra = parser.parse_known_args(argv)

@@ -53,5 +53,11 @@ class ModelFileError(BirdcnnError):
         super().__init__(f"{display_path(path)}: {problem}")
 
 
+class TrainingInterrupted(BirdcnnError):
+    """Training stopped by Ctrl-C after saving a checkpoint: the message says how to resume."""
+
+    exit_code = 130
+
+
 class DataError(BirdcnnError):
     """A data source that cannot be read (missing, empty, corrupt, bad checksum)."""

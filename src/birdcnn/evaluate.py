@@ -381,7 +381,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .report import write_report
-    from .train import default_run_dir
+    from .runs import default_run_dir
 
     if args.gallery_size < 0:
         raise BirdcnnError("--gallery-size must be >= 0")

@@ -508,10 +508,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from .train import default_run_dir
+    from .runs import default_run_dir
 
     clf = load_model(args.model)
     e = explain(args.image, clf)  # everything is computed (and every error raised) before anything is written

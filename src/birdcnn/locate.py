@@ -218,8 +218,6 @@ def locate_file(path: str | Path, model: Classifier, scales: list[float] = DEFAU
 
 def save_heatmap(res: Located, out: str | Path, title: str = "") -> Path:
     """The photo with the heat map over it and the boxes drawn, as a PNG. `title`: a prefix."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -283,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     res = locate_file(args.image, model, scales=args.scales, target=args.target, stride=args.stride,
                       top=args.top, min_probability=args.min_probability)
-    from .train import default_run_dir
+    from .runs import default_run_dir
 
     # The default name is the photo's, shortened: the temporary file beside it must fit the name limit too.
     out = Path(args.out) if args.out else default_run_dir("locate") / f"{Path(args.image).stem[:100]}.png"

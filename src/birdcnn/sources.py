@@ -179,6 +179,9 @@ def load_sources(specs: list[str], size: int, seed: int, weights: list[float] | 
             if canonical_class(c) not in classes:
                 classes.append(canonical_class(c))
 
+    if len(classes) < 2:
+        raise DataError(f"{', '.join(map(str, specs))}: only one class ({classes[0]!r}): a classifier needs at least two "
+                        f"(e.g. bird/ and not_bird/ folders)")
     tr_img, tr_lab, tr_src, va_img, va_lab, va_src, va_paths, infos = [], [], [], [], [], [], [], []
     for k, (spec, view, stored) in enumerate(zip(specs, view_sets, store_sets)):
         labels = _remap(view, classes)

@@ -26,10 +26,11 @@ from . import data as D
 from . import sources as S
 from .atomic import save_figure, write_atomic, write_text
 from .augment import Augment, PhotoViews, alternating_flip
-from .errors import BirdcnnError, DataError
+from .errors import BirdcnnError, DataError, TrainingInterrupted
 from .metrics import binary_report, expected_calibration_error, fit_temperature, threshold_for_precision
 from .modelfile import Classifier, pick_device, save_model
 from .models import FastNet, build
+from .runs import default_run_dir
 
 # Each architecture's recipe; any CLI flag overrides its entry.
 RECIPES: dict[str, dict] = {
@@ -220,10 +221,6 @@ def _load_checkpoint(path: Path) -> dict:
         raise BirdcnnError(f"{path}: not a usable checkpoint ({str(e).splitlines()[0][:200]})") from None
 
 
-def default_run_dir(prefix: str = "train") -> Path:
-    return Path("runs") / f"{prefix}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
 @torch.no_grad()
 def _accuracy(net, images: torch.Tensor, labels: torch.Tensor, prep: Callable, autocast, bs: int = 1000) -> float:
     net.eval()
@@ -412,9 +409,8 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
                 break
     bar.close()
     if interrupted:
-        print(f"interrupted at step {step}/{total_steps}; checkpoint saved. Continue with: "
-              f"birdcnn train --out {run_dir} --resume", file=sys.stderr)
-        raise SystemExit(130)
+        raise TrainingInterrupted(f"interrupted at step {step}/{total_steps}; checkpoint saved. Continue with: "
+                                  f"birdcnn train --out {run_dir} --resume")
 
     net.eval()
     clf = _classifier(net, cfg, classes, norm)
@@ -559,8 +555,6 @@ def _finish(clf: Classifier, cfg: TrainConfig, mixed: S.Mixed, history: list, co
 
 
 def plot_history(history: list[dict], path: Path, title: str = "") -> None:
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]

@@ -428,10 +428,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from ..train import default_run_dir
+    from ..runs import default_run_dir
 
     if args.threads < 1:
         raise BirdcnnError("--threads must be at least 1")
