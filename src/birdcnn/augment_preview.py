@@ -15,7 +15,7 @@ import torch
 from .atomic import save_figure
 from .augment import Augment
 from .errors import BirdcnnError
-from .images import FIGURE_SUFFIXES, display_path, fit_square, open_image
+from .images import FIGURE_SUFFIXES, display_path, load_for_model
 from .runs import default_run_dir
 from .train import RECIPES
 from .train_cli import add_augment_arguments, augment_overrides
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in FIGURE_SUFFIXES:
         raise BirdcnnError(f"{display_path(out)}: --out must end in one of {', '.join(sorted(FIGURE_SUFFIXES))}")
 
-    u8 = np.array(fit_square(open_image(args.image, min_size=INPUT_SIZE), INPUT_SIZE), dtype=np.uint8)
+    u8 = load_for_model(args.image, INPUT_SIZE)  # exactly what predict sees
     versions = augmented_versions(u8, augment, args.n, args.seed)
     fig = preview_figure(u8, versions, augment, f"{display_path(Path(args.image).name)}: {args.n} synthetic training images "
                                                  f"({args.arch} recipe{' + your changes' if augment_overrides(args) else ''})")

@@ -24,7 +24,7 @@ from torch import nn
 
 from .atomic import save_figure, write_text
 from .errors import BirdcnnError
-from .images import DRAFT_SCALE, display_path, fit_square, open_image
+from .images import display_path, model_view, open_for_model
 from .modelfile import Classifier, load_model
 
 POOL_TYPES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
@@ -262,8 +262,8 @@ class Explanation:
 
 def explain(path: str | Path, clf: Classifier, display_size: int = 480) -> Explanation:
     """Open the photo (raising `ImageError`), run the traced forward/backward pass, collect the prediction."""
-    im = open_image(path, min_size=clf.input_size * DRAFT_SCALE)  # exactly what predict decodes
-    u8 = np.array(fit_square(im, clf.input_size), dtype=np.uint8)  # a writable copy for torch
+    im = open_for_model(path, clf.input_size)  # exactly what predict decodes and sees
+    u8 = model_view(im, clf.input_size)
     scale = min(1.0, display_size / max(im.size))
     photo = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC) if scale < 1 else im
     box = crop_box(*photo.size)

@@ -179,7 +179,21 @@ def fit_square(im: Image.Image, size: int) -> Image.Image:
     return im
 
 
+# The model's view of a photo, in one place (predict, search, explain, augment-preview and training
+# on photo folders all use these): decode with open_for_model, then model_view.
+
+def open_for_model(path: str | Path, size: int, zoom: int = 1) -> Image.Image:
+    """Decode `path` as the model's views need it: JPEGs draft-decoded to at least DRAFT_SCALE x
+    `size` pixels, `zoom` x more for views that are a part of the frame (search --crops)."""
+    return open_image(path, min_size=size * DRAFT_SCALE * zoom)
+
+
+def model_view(im: Image.Image, size: int) -> np.ndarray:
+    """The network's input for a decoded photo: its central square at size x size, as a writable
+    uint8 array (torch warns on read-only ones)."""
+    return np.array(fit_square(im, size), dtype=np.uint8)
+
+
 def load_for_model(path: str | Path, size: int) -> np.ndarray:
     """Decode `path` into the model's input: a size x size x 3 uint8 array."""
-    im = open_image(path, min_size=size * DRAFT_SCALE)
-    return np.array(fit_square(im, size), dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
+    return model_view(open_for_model(path, size), size)

@@ -32,7 +32,7 @@ from PIL import Image
 
 from .atomic import save_figure
 from .errors import BirdcnnError
-from .images import FIGURE_SUFFIXES, display_path, fit_square, open_image
+from .images import FIGURE_SUFFIXES, display_path, model_view, open_image
 from .modelfile import Classifier, load_model
 
 
@@ -147,7 +147,7 @@ def locate(im: Image.Image, model: Classifier, target: str | None = None,
         # No flip averaging: it would double the cost, and overlapping windows average out noise.
         return torch.from_numpy(model.probabilities(windows, tta="none")[:, ci].sum(1))
 
-    res.whole_frame_probability = float(score(torch.from_numpy(np.array(fit_square(im, size)))[None])[0])
+    res.whole_frame_probability = float(score(torch.from_numpy(model_view(im, size))[None])[0])
 
     heat = torch.zeros(dh, dw)
     all_boxes, all_scores = [], []

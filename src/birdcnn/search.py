@@ -35,7 +35,7 @@ from PIL import Image
 
 from .atomic import write_text
 from .errors import BirdcnnError, ImageError, display_path
-from .images import DRAFT_SCALE, IMAGE_SUFFIXES, OtherFiles, fit_square, open_image
+from .images import IMAGE_SUFFIXES, OtherFiles, model_view, open_for_model, open_image
 from .sources import known_words
 
 if TYPE_CHECKING:
@@ -114,13 +114,13 @@ def model_views(im: Image.Image, size: int, crops: bool) -> np.ndarray:
     """The views the network scores for one photo: the whole frame (central square, as predict
     sees it) and, with `crops`, the four quadrants and the centre half (a small bird fills 4x
     more of a quadrant than of the frame). Returns (V, size, size, 3) uint8, V = 1 or 6."""
-    views = [fit_square(im, size)]
+    views = [model_view(im, size)]
     if crops:
         w, h = im.size
         cw, ch = max(1, w // 2), max(1, h // 2)
         for x0, y0 in ((0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch), ((w - cw) // 2, (h - ch) // 2)):
-            views.append(fit_square(im.crop((x0, y0, x0 + cw, y0 + ch)), size))
-    return np.stack([np.asarray(v, dtype=np.uint8) for v in views])
+            views.append(model_view(im.crop((x0, y0, x0 + cw, y0 + ch)), size))
+    return np.stack(views)
 
 
 def _decode_chunk(paths: list[str], size: int, crops: bool) -> list[tuple[str, np.ndarray | str]]:
@@ -128,7 +128,7 @@ def _decode_chunk(paths: list[str], size: int, crops: bool) -> list[tuple[str, n
     for p in paths:
         try:
             # Crops are half the frame, so decode at twice the input size; draft mode does the rest.
-            im = open_image(p, min_size=size * DRAFT_SCALE * (2 if crops else 1))  # as predict decodes
+            im = open_for_model(p, size, zoom=2 if crops else 1)  # as predict decodes
             out.append((p, model_views(im, size, crops)))
         except ImageError as e:
             # The walk listed it, so a file that is not there is a link to nothing (checked only
