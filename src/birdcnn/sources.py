@@ -209,11 +209,6 @@ def _to_classes(ds: D.Dataset, classes: list[str]) -> D.Dataset:
     return D.Dataset(ds.images, _remap(ds, classes), classes, ds.fingerprint, ds.paths, ds.skipped, own)
 
 
-def source_weights(source: np.ndarray, weights: list[float]) -> np.ndarray:
-    """Per-image sampling weights: a source of weight w is drawn w times as often as its size implies."""
-    return np.asarray(weights, np.float64)[source]
-
-
 def folder_name(spec: str) -> str:
     """A short name for a source in tables: the file or folder name without archive suffixes."""
     name = Path(str(spec)).name

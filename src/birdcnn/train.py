@@ -333,7 +333,8 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = D.balanced_weights(train_ds.labels, len(classes)) if cfg.balance else None
     if cfg.source_weights is not None:
-        w = S.source_weights(mixed.train_source, cfg.source_weights)
+        # A source of weight w is drawn w times as often as its size implies.
+        w = np.asarray(cfg.source_weights, np.float64)[mixed.train_source]
         weights = w if weights is None else weights * w
     val_x, val_y = torch.from_numpy(val_ds.images).to(device), torch.from_numpy(val_ds.labels).to(device)
 
