@@ -523,7 +523,10 @@ def run(args: argparse.Namespace) -> int:
     r = search(args.folder, model, args.target, args.min_probability, args.workers, args.output,
                args.resume, args.crops, tta=not args.no_tta)
     if r.summary()["scanned"] == 0 and not r.failed and not r.interrupted:
-        raise BirdcnnError(f"{args.folder}: no photos found ({', '.join(sorted(IMAGE_SUFFIXES))}, searched recursively)")
+        # Not the 57 suffixes Pillow reads: a line a person can read, with the files passed over.
+        other = f"; passed over {len(r.other)} other files: {r.other}" if r.other else ""
+        raise BirdcnnError(f"{display_path(args.folder)}: no photos found (JPEG, PNG, WebP, HEIC... any format Pillow "
+                           f"reads, searched recursively){other}")
     if args.json:
         json.dump({"matches": [{"path": p, "probability": round(q, 6)} for p, q in r.matches], "summary": r.summary()},
                   sys.stdout, indent=2)
