@@ -5,13 +5,16 @@ The pipeline streams, so memory stays flat however large the collection is:
     walk (main process, sorted, symlink loops reported) -> chunks of paths
       -> worker processes decode only the pixels needed (JPEG draft mode) to 32x32 views
       -> main process scores batches of views with the network
-      -> one flushed JSON line per photo in --output, matches kept as (path, probability)
+      -> one flushed JSON line per photo in the log (search_log.py), matches kept as (path, probability)
 
 At most a few chunks are in flight at a time (back-pressure), so neither the list of paths
 nor decoded images pile up. Workers import no torch: they are small and start fast.
 
 `--resume` re-reads the JSON lines file and skips photos it already scored, so a run killed
 by a power cut or `kill -9` continues where it stopped (a half-written last line is dropped).
+The log is the resumable record: `--format csv|megadetector` files are rendered from it at the
+end (search_formats.py). `--shard K/N` scores a fixed part of the photos and `--merge` joins the
+parts' logs (shards.py).
 """
 from __future__ import annotations
 
@@ -33,9 +36,13 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 from PIL import Image
 
+from . import __version__
 from .atomic import write_text
 from .errors import BirdcnnError, ImageError, display_path
 from .images import IMAGE_SUFFIXES, OtherFiles, model_view, open_for_model, open_image
+from .search_formats import FORMATS, format_of, write_output
+from .search_log import LOG_FORMAT, ResultLog, SearchLog, is_search_log, read_log, setting
+from .shards import Shard, merge_logs, shard_argument
 from .sources import known_words
 
 if TYPE_CHECKING:
@@ -45,7 +52,6 @@ CHUNK = 64             # photos per worker task: large enough to amortise inter-
 BATCH = 256            # photos per network batch
 HTML_LIMIT = 1000      # thumbnails on the contact sheet (the best matches); the rest are counted
 THUMB = 200            # thumbnail size in pixels
-LOG_FORMAT = "birdcnn-search"
 
 
 # ---------------------------------------------------------------- walking the folder
@@ -143,79 +149,6 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-# ---------------------------------------------------------------- the results file (JSON lines)
-
-class ResultLog:
-    """Append-only JSON lines: a header line, then one line per photo, flushed as written.
-
-    Header: {"format": "birdcnn-search", "folder", "root", "model", "class", "crops", "tta"}.
-    Photo:  {"path", "probability"} or {"path", "error"}.
-    """
-
-    def __init__(self, path: str | os.PathLike, header: dict, resume: bool):
-        self.path = Path(path)
-        self.done: dict[str, float] = {}  # relative path -> probability, from an earlier run
-        self.dropped = 0                   # unreadable lines (a half-written last line after kill -9)
-        exists = self.path.is_file() and self.path.stat().st_size > 0
-        if exists and not resume:
-            raise BirdcnnError(f"{self.path}: already exists (pass --resume to continue that search, or choose another --output)")
-        if exists:
-            self._read(header)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8")
-        except OSError as e:
-            raise BirdcnnError(f"{self.path}: cannot write ({e.strerror or e})") from None
-        if not exists:
-            self.write(header)
-        self._since_sync = time.monotonic()
-
-    def _read(self, header: dict) -> None:
-        with open(self.path, "rb") as f:
-            data = f.read()
-        # Keep only complete lines: a run killed mid-write leaves a partial one, cut it off so
-        # that appended lines start clean.
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            self.dropped += 1
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-        lines = data[:end].splitlines()
-        try:
-            old = json.loads(lines[0]) if lines else None
-        except ValueError:
-            old = None
-        if not isinstance(old, dict) or old.get("format") != LOG_FORMAT:
-            raise BirdcnnError(f"{self.path}: not a birdcnn search results file (no header line)")
-        for key, what in (("root", "folder"), ("model", "model"), ("class", "class"), ("crops", "--crops setting"),
-                          ("tta", "--no-tta setting")):
-            if old.get(key) != header[key]:
-                raise BirdcnnError(f"{self.path}: written for another {what} ({old.get(key)!r}, now {header[key]!r}); "
-                                   "use a new --output file")
-        for line in lines[1:]:
-            try:
-                rec = json.loads(line)
-                if "probability" in rec:  # failures are retried: the file may have been fixed since
-                    self.done[os.path.relpath(rec["path"], old["folder"])] = float(rec["probability"])
-            except (ValueError, KeyError, TypeError):
-                self.dropped += 1
-
-    def write(self, rec: dict) -> None:
-        self._f.write(json.dumps(rec) + "\n")
-        self._f.flush()  # survives kill -9
-
-    def sync(self, force: bool = False) -> None:
-        """fsync at most once a second: survives a power cut, losing at most the last second."""
-        if force or time.monotonic() - self._since_sync > 1.0:
-            os.fsync(self._f.fileno())
-            self._since_sync = time.monotonic()
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self.sync(force=True)
-            self._f.close()
-
-
 # ---------------------------------------------------------------- the search
 
 @dataclass
@@ -231,6 +164,8 @@ class SearchResult:
     failed: list[tuple[str, str]] = field(default_factory=list)   # (path, problem)
     skipped: list[Skipped] = field(default_factory=list)
     other: OtherFiles = field(default_factory=OtherFiles)  # files that are not images, by suffix
+    shard: str | None = None        # "K/N" with --shard
+    outside_shard: int = 0          # photos left to the other shards
     interrupted: bool = False
     seconds: float = 0.0
 
@@ -247,17 +182,23 @@ class SearchResult:
             "matched": len(self.matches), "failed": len(self.failed), "failure_reasons": dict(reasons),
             "failures": [{"path": p, "problem": m} for p, m in self.failed],
             "skipped": [{"path": s.path, "problem": s.problem} for s in self.skipped],
+            "shard": self.shard, "outside_shard": self.outside_shard,
             "interrupted": self.interrupted, "seconds": round(self.seconds, 2),
             "photos_per_second": round(self.photos_per_second, 1),
         }
 
 
-def _chunks(folder: str, done: set[str], result: SearchResult) -> Iterator[list[str]]:
+def _chunks(folder: str, done: set[str], result: SearchResult, shard: Shard | None) -> Iterator[list[str]]:
+    """The photos to score, in chunks: not those already `done`, nor another shard's."""
     chunk: list[str] = []
     for item in walk_images(folder, result.other):
         if isinstance(item, Skipped):
             result.skipped.append(item)
-        elif done and os.path.relpath(item, folder) in done:
+            continue
+        rel = os.path.relpath(item, folder) if done or shard else ""
+        if shard and not shard.holds(rel):
+            result.outside_shard += 1
+        elif rel in done:
             continue
         else:
             chunk.append(item)
@@ -315,7 +256,8 @@ class _InProcess:
 def search(folder: str | os.PathLike, model: "Classifier", target: str | None = None,
            min_probability: float | None = None, workers: int | None = None,
            output: str | os.PathLike | None = None, resume: bool = False, crops: bool = False,
-           progress: bool | None = None, tta: bool = True) -> SearchResult:
+           progress: bool | None = None, tta: bool = True, shard: Shard | None = None,
+           boxes: bool = False) -> SearchResult:
     """Score every photo under `folder` for class `target` (default: the model's positive class;
     several comma-separated words score the probability of any of them: "cat,dog").
 
@@ -326,15 +268,21 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     its mirror image averaged in (`tta=False`: without, half the network work); `predict` may
     average more views (the model's `tta`), so probabilities can differ slightly from it. Ctrl-C stops cleanly: the result says `interrupted` and holds everything
     scored until then.
+
+    `output`: the JSON-lines log (search_log.py), resumed with `resume`. `shard`: score only that
+    part of the photos (shards.py). `boxes`: record `locate`'s boxes of each match in the log
+    (about a second a match on a CPU).
     """
     folder = os.fspath(folder)
+    if boxes and output is None:
+        raise BirdcnnError("boxes are recorded in the results file: give an output file")
     if not os.path.isdir(folder):
         raise BirdcnnError(f"{folder}: not a folder" if os.path.exists(folder) else f"{folder}: no such folder")
     ci = model.class_indices(target)
     target = ",".join(model.classes[i] for i in ci)
     if min_probability is None:
         min_probability = model.default_min_probability(ci)
-    result = SearchResult(folder, target, float(min_probability))
+    result = SearchResult(folder, target, float(min_probability), shard=str(shard) if shard else None)
     # At most the flip pair: a model's 6-view TTA would triple the network's share of the time
     # for a gain in the third decimal (docs/RESULTS.md).
     views_mode = "flip" if tta and model.tta != "none" else "none"
@@ -343,7 +291,8 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     if output is not None:
         header = {"format": LOG_FORMAT, "folder": folder, "root": os.path.realpath(folder),
                   "model": model.meta.get("weights_sha256", ""), "class": target, "crops": bool(crops),
-                  "tta": views_mode}
+                  "tta": views_mode, "boxes": bool(boxes), "shard": result.shard,
+                  "min_probability": round(float(min_probability), 6), "version": __version__}
         log = ResultLog(output, header, resume)
         result.resumed = len(log.done)
         result.matches = [(os.path.join(folder, rel), p) for rel, p in log.done.items() if p >= min_probability]
@@ -367,20 +316,25 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     pending: deque = deque()
     batch: list[tuple[str, np.ndarray]] = []
     start = time.perf_counter()
+    stop = _StopOnCtrlC()
 
     def score(batch: list[tuple[str, np.ndarray]]) -> None:
-        views = np.concatenate([v for _, v in batch])
-        probs = model.probabilities(views, tta=views_mode)[:, ci].sum(1)  # several words: any of them
+        probs = model.probabilities(np.concatenate([v for _, v in batch]), tta=views_mode)
+        wanted = probs[:, ci].sum(1)  # several words: any of them
         at = 0
         for path, v in batch:
-            p = float(probs[at:at + len(v)].max())
+            if boxes and stop.set:  # locating takes about a second a match: Ctrl-C does not wait for the batch
+                break
+            best = at + int(wanted[at:at + len(v)].argmax())  # the view that scored highest
             at += len(v)
+            p = float(wanted[best])
             if log:
-                log.write({"path": path, "probability": round(p, 6)})
+                locate = target if boxes and p >= min_probability else None
+                log.write(_record(path, p, probs[best], model, locate))
             if p >= min_probability:
                 result.matches.append((path, p))
             result.scored += 1
-        bar.update(len(batch))
+            bar.update(1)
         bar.set_postfix(matched=len(result.matches), failed=len(result.failed), refresh=False)
 
     def collect(decoded: list[tuple[str, np.ndarray | str]]) -> None:
@@ -398,9 +352,9 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
                 log.sync()
 
     try:
-        with _StopOnCtrlC() as stop:
+        with stop:
             # Keep a few chunks per worker in flight: workers never wait, and memory stays bounded.
-            for chunk in _chunks(folder, done, result):
+            for chunk in _chunks(folder, done, result, shard):
                 pending.append(pool.apply_async(_decode_chunk, (chunk, model.input_size, crops)))
                 if len(pending) > 3 * max(workers, 1):
                     collect(pending.popleft().get())
@@ -423,6 +377,23 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     result.seconds = time.perf_counter() - start
     result.matches.sort(key=lambda m: (-m[1], m[0]))
     return result
+
+
+def _record(path: str, p: float, probs: np.ndarray, model: "Classifier", locate: str | None) -> dict:
+    """A scored photo's log line: its probability, the top class of the view that gave it (`probs`)
+    and, when `locate` names the class, where `birdcnn locate` finds it."""
+    top = int(probs.argmax())
+    rec = {"path": path, "probability": round(p, 6), "top": model.classes[top],
+           "top_probability": round(float(probs[top]), 6)}
+    if locate:
+        from .locate import locate_file
+
+        try:
+            found = locate_file(path, model, target=locate)
+            rec.update(size=list(found.size), boxes=found.boxes)
+        except BirdcnnError:  # unreadable since it was decoded: it keeps the whole frame
+            pass
+    return rec
 
 
 # ---------------------------------------------------------------- the contact sheet
@@ -484,7 +455,7 @@ Most confident first; click a photo to open it.{f" The {more} less confident mat
 # ---------------------------------------------------------------- command line
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", metavar="FOLDER", help="folder to search, with all its sub-folders")
+    p.add_argument("folder", metavar="FOLDER", nargs="?", help="folder to search, with all its sub-folders")
     p.add_argument("--for", dest="target", metavar="WORDS",
                    help="what to look for: one class or several, comma-separated (--for cat,dog); default: the "
                         f"model's positive class, bird. {known_words()}")
@@ -495,8 +466,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help='print {"matches": [{"path", "probability"}...], "summary": {...}}')
     p.add_argument("--html", metavar="OUT", help="also write a contact sheet of the matches (self-contained HTML page)")
     p.add_argument("--workers", type=int, metavar="N", help="decoding processes (default: one per CPU core; 0: none)")
-    p.add_argument("--output", metavar="FILE.jsonl", help="append one JSON line per photo as it is scored")
+    p.add_argument("--output", metavar="FILE",
+                   help="write every photo's result: FILE.jsonl appends one JSON line per photo as it is scored; "
+                        "FILE.csv and FILE.json (MegaDetector batch output, for Timelapse and AddaxAI) are written "
+                        "at the end from that log, kept beside them as FILE.csv.jsonl (see --format, --log)")
+    p.add_argument("--format", choices=FORMATS,
+                   help="format of --output (default: from its suffix, .csv or .json, else jsonl)")
+    p.add_argument("--log", metavar="FILE.jsonl",
+                   help="with --format csv or megadetector: where the resumable JSON-lines log goes (default: "
+                        "--output's name + .jsonl)")
     p.add_argument("--resume", action="store_true", help="continue the search recorded in --output, skipping photos already scored")
+    p.add_argument("--boxes", action="store_true",
+                   help="also locate each match (as birdcnn locate, ~1 s a photo on a CPU): its boxes go in --output, "
+                        "as MegaDetector detections")
+    p.add_argument("--shard", type=shard_argument, metavar="K/N",
+                   help="score only part K of N of the photos (by a hash of each path, so N machines split a folder "
+                        "without talking); each shard has its own --output, and --merge joins them")
+    p.add_argument("--merge", nargs="+", metavar=("OUT", "SHARD"),
+                   help="instead of searching, join the --output logs (.jsonl) of the shards of one search into OUT "
+                        "(in --format, or as OUT's suffix says); refuses logs of different searches, or a shard "
+                        "twice or missing")
     p.add_argument("--no-tta", action="store_true",
                    help="score each photo once, without mirror averaging: ~1.2x faster on CPU")
     p.add_argument("--crops", action="store_true",
@@ -510,23 +499,50 @@ def _unreadable(r: SearchResult) -> str:
     return f"{len(r.failed)} unreadable" + (f", {folders} unreadable folder{'s' * (folders != 1)}" if folders else "")
 
 
-def run(args: argparse.Namespace) -> int:
-    from .modelfile import load_model
+def _outputs(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(format of --output, the JSON-lines log the search appends to), refusing to overwrite."""
+    if args.output is None:
+        if args.resume:
+            raise BirdcnnError("--resume needs --output FILE.jsonl (the file of the search to continue)")
+        for option, given in (("--format", args.format), ("--log", args.log), ("--boxes", args.boxes)):
+            if given:
+                raise BirdcnnError(f"{option} needs --output FILE (where the results go)")
+        return "jsonl", None
+    # A log an older birdcnn wrote under a .json or .csv name (it wrote only JSON lines) stays one.
+    fmt = args.format or ("jsonl" if is_search_log(args.output) else format_of(args.output))
+    if fmt == "jsonl":
+        if args.log:
+            raise BirdcnnError("--log is for --format csv or megadetector: with jsonl, --output is the log")
+        return fmt, args.output
+    out, log = args.output, args.log or args.output + ".jsonl"
+    if os.path.abspath(log) == os.path.abspath(out):
+        raise BirdcnnError(f"{display_path(log)}: --log and --output must be different files")
+    if os.path.exists(out) and not args.resume:
+        raise BirdcnnError(f"{display_path(out)}: already exists (pass --resume to continue that search, "
+                           "or choose another --output)")
+    if os.path.exists(out) and not os.path.exists(log):
+        raise BirdcnnError(f"{display_path(log)}: not found, and {display_path(out)} is written from it: that search "
+                           "cannot be resumed (name its log with --log, or choose another --output)")
+    return fmt, log
 
-    if args.resume and not args.output:
-        raise BirdcnnError("--resume needs --output FILE.jsonl (the file of the search to continue)")
-    if args.min_probability is not None and not 0 <= args.min_probability <= 1:
-        raise BirdcnnError(f"--min-probability must be between 0 and 1, not {args.min_probability}")
-    if args.workers is not None and args.workers < 0:
-        raise BirdcnnError("--workers must be 0 or more")
-    model = load_model(args.model)
-    r = search(args.folder, model, args.target, args.min_probability, args.workers, args.output,
-               args.resume, args.crops, tta=not args.no_tta)
-    if r.summary()["scanned"] == 0 and not r.failed and not r.interrupted:
-        # Not the 57 suffixes Pillow reads: a line a person can read, with the files passed over.
-        other = f"; passed over {len(r.other)} other files: {r.other}" if r.other else ""
-        raise BirdcnnError(f"{display_path(args.folder)}: no photos found (JPEG, PNG, WebP, HEIC... any format Pillow "
-                           f"reads, searched recursively){other}")
+
+def result_from_log(log: SearchLog, min_probability: float) -> SearchResult:
+    """A search's result as its log records it (for --merge: as if one run had scored every photo)."""
+    r = SearchResult(log.folder, log.header["class"], float(min_probability))
+    for rec in log.records.values():
+        if "error" in rec:
+            r.failed.append((rec["path"], rec["error"]))
+            continue
+        r.resumed += 1
+        if rec["probability"] >= min_probability:
+            r.matches.append((rec["path"], float(rec["probability"])))
+    r.matches.sort(key=lambda m: (-m[1], m[0]))
+    r.failed.sort()
+    return r
+
+
+def _show(r: SearchResult, args: argparse.Namespace) -> None:
+    """The matches on stdout (a list, or --json), and the --html contact sheet."""
     if args.json:
         json.dump({"matches": [{"path": p, "probability": round(q, 6)} for p, q in r.matches], "summary": r.summary()},
                   sys.stdout, indent=2)
@@ -536,6 +552,71 @@ def run(args: argparse.Namespace) -> int:
             print(f"{100 * p:5.1f}%  {display_path(path)}")
     if args.html:
         print(f"contact sheet: {write_contact_sheet(r, args.html, args.workers)}", file=sys.stderr)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """`--merge OUT SHARD...`: the shards' logs joined into OUT, listed as one search would list them."""
+    out, shards = args.merge[0], args.merge[1:]
+    if args.folder is not None:
+        raise BirdcnnError("--merge takes no FOLDER: the logs name it (--merge OUT A.jsonl B.jsonl ...)")
+    if not shards:
+        raise BirdcnnError("--merge needs OUT and the logs to join: --merge OUT A.jsonl B.jsonl ...")
+    for option, given in (("--output", args.output), ("--log", args.log), ("--resume", args.resume),
+                          ("--shard", args.shard), ("--boxes", args.boxes), ("--crops", args.crops),
+                          ("--no-tta", args.no_tta), ("--for", args.target), ("--model", args.model)):
+        if given:
+            raise BirdcnnError(f"--merge takes the search's settings from the logs, not {option} (only --format, "
+                               "--min-probability, --json and --html apply)")
+    for shard in shards:
+        if os.path.exists(out) and os.path.exists(shard) and os.path.samefile(out, shard):
+            raise BirdcnnError(f"{display_path(out)}: is one of the logs to merge: choose another OUT")
+    log = merge_logs(shards)
+    min_probability = (args.min_probability if args.min_probability is not None
+                       else setting(log.header, "min_probability"))
+    if min_probability is None:
+        raise BirdcnnError(f"{display_path(shards[0])}: written before logs recorded the min probability: "
+                           "pass --min-probability")
+    fmt = format_of(out, args.format)
+    write_output(log, out, fmt, min_probability)
+    r = result_from_log(log, min_probability)
+    _show(r, args)
+    if log.dropped:
+        print(f"birdcnn search: note: ignored {log.dropped} incomplete line(s) in the logs", file=sys.stderr)
+    s = r.summary()
+    print(f"birdcnn search: merged {len(shards)} log{'s' * (len(shards) != 1)} into {display_path(out)} ({fmt}): "
+          f"{s['scanned']} photos, {s['matched']} show a {r.target} (p >= {r.min_probability:.3g}), {_unreadable(r)}",
+          file=sys.stderr)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from .modelfile import load_model
+
+    if args.min_probability is not None and not 0 <= args.min_probability <= 1:
+        raise BirdcnnError(f"--min-probability must be between 0 and 1, not {args.min_probability}")
+    if args.merge:
+        return _merge(args)
+    if args.folder is None:
+        raise BirdcnnError("the following arguments are required: FOLDER (or --merge OUT SHARD.jsonl ...)")
+    fmt, log = _outputs(args)
+    if args.workers is not None and args.workers < 0:
+        raise BirdcnnError("--workers must be 0 or more")
+    model = load_model(args.model)
+    r = search(args.folder, model, args.target, args.min_probability, args.workers, log,
+               args.resume, args.crops, tta=not args.no_tta, shard=args.shard, boxes=args.boxes)
+    if r.summary()["scanned"] == 0 and not r.failed and not r.interrupted and not r.outside_shard:
+        # Not the 57 suffixes Pillow reads: a line a person can read, with the files passed over.
+        other = f"; passed over {len(r.other)} other files: {r.other}" if r.other else ""
+        raise BirdcnnError(f"{display_path(args.folder)}: no photos found (JPEG, PNG, WebP, HEIC... any format Pillow "
+                           f"reads, searched recursively){other}")
+    if fmt != "jsonl":  # also after Ctrl-C: what was scored so far
+        try:
+            written = write_output(read_log(log), args.output, fmt, r.min_probability)
+        except BirdcnnError as e:
+            raise BirdcnnError(f"{e}; every score is kept in {display_path(log)}: --resume writes it again") from None
+        print(f"birdcnn search: wrote {display_path(written)} ({fmt}, from the log {display_path(log)})",
+              file=sys.stderr)
+    _show(r, args)
     for s in r.skipped:
         print(f"birdcnn search: {'error' if s.serious else 'warning'}: {display_path(s.path)}: {s.problem}", file=sys.stderr)
     if r.other:
@@ -543,7 +624,8 @@ def run(args: argparse.Namespace) -> int:
     for path, problem in r.failed:
         print(f"birdcnn search: error: {display_path(path)}: {problem}", file=sys.stderr)
     s = r.summary()
-    print(f"birdcnn search: {s['scanned']} photos scanned ({r.scored} now at {r.photos_per_second:.0f} photos/s"
+    shard = f"shard {r.shard} ({r.outside_shard} photos in the other shards): " if r.shard else ""
+    print(f"birdcnn search: {shard}{s['scanned']} photos scanned ({r.scored} now at {r.photos_per_second:.0f} photos/s"
           f"{f', {r.resumed} from {args.output}' if r.resumed else ''}), {s['matched']} show a {r.target} "
           f"(p >= {r.min_probability:.3g}), {_unreadable(r)}", file=sys.stderr)
     if r.interrupted:
