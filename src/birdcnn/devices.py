@@ -2,9 +2,18 @@
 clear line rather than a torch traceback halfway through a run."""
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from .errors import BirdcnnError
+
+DEVICE_HELP = "auto (default: CUDA, then Apple MPS, then the CPU), cpu, cuda, cuda:N or mps; bf16 on CPU and CUDA, float32 on MPS"
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    """Every command's `--device`, with the same choices and default."""
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def available_devices() -> list[str]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import data as D
 from . import metrics as M
+from .devices import add_device_argument, check_device
 from .errors import BirdcnnError, DataError
 from .images import OtherFiles
 from .modelfile import Classifier, load_model
@@ -367,6 +368,7 @@ def _fraction(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_device_argument(p)
     p.add_argument("--data", required=True, help="'cifar10', the CIFAR-10 archive or folder, or a folder/tar of class "
                                                  "folders; its test/ split is used when present")
     p.add_argument("--model", help="model file (.json/.safetensors or a run folder; default: the shipped model)")
@@ -390,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_run_dir("evaluate")
     if out.exists() and not out.is_dir():
         raise BirdcnnError(f"{out}: exists and is not a folder (--out)")
-    model = load_model(args.model)
+    model = load_model(args.model, check_device(args.device))
     src = open_source(args.data, model.input_size)
     ev = evaluate(model, src, model_name=str(args.model or "the shipped model"), threshold=args.threshold,
                   target_precision=args.target_precision, target_recall=args.target_recall,

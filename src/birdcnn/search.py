@@ -38,6 +38,7 @@ from PIL import Image
 
 from . import __version__
 from .atomic import write_text
+from .devices import add_device_argument, check_device
 from .errors import BirdcnnError, ImageError, display_path
 from .images import IMAGE_SUFFIXES, OtherFiles, model_view, open_for_model, open_image
 from .search_formats import FORMATS, format_of, write_output
@@ -455,6 +456,7 @@ Most confident first; click a photo to open it.{f" The {more} less confident mat
 # ---------------------------------------------------------------- command line
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_device_argument(p)
     p.add_argument("folder", metavar="FOLDER", nargs="?", help="folder to search, with all its sub-folders")
     p.add_argument("--for", dest="target", metavar="WORDS",
                    help="what to look for: one class or several, comma-separated (--for cat,dog); default: the "
@@ -601,7 +603,7 @@ def run(args: argparse.Namespace) -> int:
     fmt, log = _outputs(args)
     if args.workers is not None and args.workers < 0:
         raise BirdcnnError("--workers must be 0 or more")
-    model = load_model(args.model)
+    model = load_model(args.model, check_device(args.device))
     r = search(args.folder, model, args.target, args.min_probability, args.workers, log,
                args.resume, args.crops, tta=not args.no_tta, shard=args.shard, boxes=args.boxes)
     if r.summary()["scanned"] == 0 and not r.failed and not r.interrupted and not r.outside_shard:

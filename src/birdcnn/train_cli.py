@@ -6,6 +6,7 @@ import shlex
 import sys
 
 from .argtypes import non_negative_float, non_negative_int, positive_float, positive_int, ranged
+from .devices import add_device_argument, check_device
 from .models import ARCHITECTURES
 
 
@@ -34,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recalibrate", action="store_true",
                    help="choose the finished run's temperature and thresholds in --out again on its validation split "
                         "(e.g. with another --target-precision); the weights are untouched")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    add_device_argument(p)
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
     add_augment_arguments(p)
 
@@ -71,17 +72,14 @@ def run(args: argparse.Namespace) -> int:
                    if getattr(args, k) is not None]
         if ignored:
             print(f"note: --resume continues the run as first configured; ignoring {', '.join(ignored)}", file=sys.stderr)
-    if args.device is not None:
-        # Checked before any data is loaded: a missing GPU is one line now, not a traceback later.
-        from .devices import check_device
+    if args.device != "auto":  # checked before any data is loaded: a missing GPU is one line now, not a traceback later
         check_device(args.device)
-        args.device = None if args.device == "auto" else args.device  # None: train picks, as by default
     data = args.data or [""]
     cfg = TrainConfig(data=data[0] if len(data) == 1 else data, source_weights=args.source_weights, arch=args.arch or "fast", classes=args.classes, positive=args.positive,
                       extra_positive=args.extra_positive, balance=args.balance, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
                       augment=augment_overrides(args), val_size=args.val_size,
-                      target_precision=0.97 if args.target_precision is None else args.target_precision,
-                      seed=args.seed, out=args.out, device=args.device, bf16=args.bf16)
+                      seed=args.seed, out=args.out, device=None if args.device == "auto" else args.device, bf16=args.bf16,
+                      **({} if args.target_precision is None else {"target_precision": args.target_precision}))
     train(cfg, resume=args.resume, command="birdcnn " + shlex.join(args._argv))
     return 0
