@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from .atomic import save_figure, write_text
+from .devices import add_device_argument, check_device
 from .errors import BirdcnnError
 from .images import display_path, model_view, open_for_model
 from .modelfile import Classifier, load_model
@@ -293,16 +294,16 @@ def panel_photo(fig, spec, e: Explanation) -> None:
     ax.set_xlabel("dashed: the central square it sees", fontsize=8)
 
 
-def panel_input(fig, spec, e: Explanation) -> None:
+def panel_input(fig, spec, e: Explanation, number: str) -> None:
     s = e.u8.shape[0]
     top, bottom = spec.subgridspec(2, 1, hspace=0.35)
-    _image(fig.add_subplot(top), e.u8, f"2 · shrunk to {s}x{s} pixels")
+    _image(fig.add_subplot(top), e.u8, f"{number} · shrunk to {s}x{s} pixels")
     ax = fig.add_subplot(bottom)
     _image(ax, show_normalised(e.x), "normalised (what it reads)")
     ax.set_xlabel("grey = average training colour", fontsize=8)
 
 
-def panel_tiles(fig, spec, e: Explanation, all_tiles: bool = False) -> None:
+def panel_tiles(fig, spec, e: Explanation, number: str, all_tiles: bool = False) -> None:
     """The input cut into the overlapping tiles the first conv slides over: a zoomed patch of
     them pulled apart (and, with `all_tiles`, every tile of the image)."""
     from matplotlib.patches import Rectangle
@@ -315,7 +316,7 @@ def panel_tiles(fig, spec, e: Explanation, all_tiles: bool = False) -> None:
     span = (z - 1) * stride + k
     cells = spec.subgridspec(3 if all_tiles else 2, 1, hspace=0.35)
     ax = fig.add_subplot(cells[0])
-    _image(ax, shown, f"3 · overlapping {k}x{k} tiles")
+    _image(ax, shown, f"{number} · overlapping {k}x{k} tiles")
     ax.add_patch(Rectangle((r0 * stride - 0.5, r0 * stride - 0.5), span, span, fill=False, ec="white", lw=1.2, ls="--"))
     ax.set_xlabel(f"stride {stride}, padding {pad}: {n}x{n} tiles", fontsize=8)
     ax = fig.add_subplot(cells[1])
@@ -328,7 +329,7 @@ def panel_tiles(fig, spec, e: Explanation, all_tiles: bool = False) -> None:
         _image(fig.add_subplot(cells[2]), mosaic([t for row in tiles for t in row], n, gap=1), f"all {n * n} tiles")
 
 
-def panel_filters(fig, spec, e: Explanation, number: str = "4") -> None:
+def panel_filters(fig, spec, e: Explanation, number: str) -> None:
     conv = e.first.module
     tiles = filter_tiles(conv)
     ax = fig.add_subplot(spec)
@@ -346,7 +347,7 @@ def panel_maps(fig, spec, step: Step, title: str, k: int = MAPS_SHOWN) -> None:
     ax.set_xlabel(f"{step.describe()}\n{len(idx)} of {c} maps, strongest first", fontsize=8)
 
 
-def panel_pooling(fig, spec, e: Explanation, number: str = "6", k: int = 8) -> None:
+def panel_pooling(fig, spec, e: Explanation, number: str, k: int = 8) -> None:
     pool = e.first_pool
     if pool is None:
         fig.add_subplot(spec).axis("off")
@@ -415,7 +416,7 @@ def combined_figure(e: Explanation):
     import matplotlib.pyplot as plt
 
     deeper = _pick(e.deeper(), DEEPER_SHOWN)
-    panels = [lambda f, s: panel_photo(f, s, e), lambda f, s: panel_input(f, s, e), lambda f, s: panel_tiles(f, s, e),
+    panels = [lambda f, s: panel_photo(f, s, e), lambda f, s: panel_input(f, s, e, "2"), lambda f, s: panel_tiles(f, s, e, "3"),
               lambda f, s: panel_filters(f, s, e, "4"),
               lambda f, s: panel_maps(f, s, e.first, "5 · first layer: feature maps"),
               lambda f, s: panel_pooling(f, s, e, "6")]
@@ -475,8 +476,8 @@ def write_explanation(e: Explanation, out: Path) -> dict[str, Path]:
     """Write every step's PNG, the combined figure and explain.json into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     files = {
-        "input": _save(_one(lambda f, s: panel_input(f, s, e), (3.2, 6.4)), out / "01_input.png"),
-        "tiles": _save(_one(lambda f, s: panel_tiles(f, s, e, all_tiles=True), (4, 11)), out / "02_tiles.png"),
+        "input": _save(_one(lambda f, s: panel_input(f, s, e, "1"), (3.2, 6.4)), out / "01_input.png"),
+        "tiles": _save(_one(lambda f, s: panel_tiles(f, s, e, "2", all_tiles=True), (4, 11)), out / "02_tiles.png"),
         "filters": _save(_one(lambda f, s: panel_filters(f, s, e, "3")), out / "03_filters.png"),
         "feature_maps": _save(_one(lambda f, s: panel_maps(f, s, e.first, "4 · first layer: feature maps"), (4, 4.4)),
                               out / "04_feature_maps.png"),
@@ -502,6 +503,7 @@ def write_explanation(e: Explanation, out: Path) -> dict[str, Path]:
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_device_argument(p)
     p.add_argument("image", metavar="IMAGE", help="a photo (JPEG, PNG, WebP, GIF, BMP, TIFF)")
     p.add_argument("--model", help="model file (.json/.safetensors or a run folder; default: the shipped model)")
     p.add_argument("--out", metavar="DIR", help="folder for the pictures (default: runs/explain-DATE)")
@@ -510,7 +512,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .runs import default_run_dir
 
-    clf = load_model(args.model)
+    clf = load_model(args.model, check_device(args.device))
     e = explain(args.image, clf)  # everything is computed (and every error raised) before anything is written
     out = Path(args.out) if args.out else default_run_dir("explain")
     try:
