@@ -65,7 +65,8 @@ def random_shift(x: torch.Tensor, pad: int, gen: torch.Generator | None = None) 
     cols = (dx[:, None] + torch.arange(w, device=x.device)[None])  # n, w
     idx_n = torch.arange(n, device=x.device)[:, None, None]
     out = xp.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # n, h, w, c
-    return out.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return out.permute(0, 3, 1, 2).contiguous(memory_format=layout)
 
 
 def random_rotate(x: torch.Tensor, degrees: float, gen: torch.Generator | None = None) -> torch.Tensor:

@@ -65,7 +65,8 @@ def preview_figure(original: np.ndarray, versions: np.ndarray, augment: Augment,
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", help="a photo (JPEG, PNG, WebP, GIF, BMP, TIFF)")
     p.add_argument("--n", type=int, default=23, help="number of synthetic versions (default 23; 1-400)")
-    p.add_argument("--out", metavar="PNG", help="picture to write (.png/.jpg/.pdf/.svg; default: runs/augment-preview-DATE.png)")
+    p.add_argument("--out", metavar="PNG",
+                   help="picture to write (.png/.jpg/.pdf/.svg; default: runs/augment-preview-DATE.png)")
     p.add_argument("--arch", default="article", choices=sorted(RECIPES),
                    help="start from this network's training recipe (default: article, the richest: flips, "
                         "±25° rotations, blur; train's default 'fast' uses flips and 2 px shifts)")
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.n <= 400:
         raise BirdcnnError(f"--n must be between 1 and 400, not {args.n}")
     settings = {**RECIPES[args.arch]["augment"], **augment_overrides(args)}
-    if settings["shift"] < 0 or settings["rotate"] < 0 or settings["blur"] < 0 or not 0 <= settings.get("blur_p", 0.5) <= 1:
+    if (settings["shift"] < 0 or settings["rotate"] < 0 or settings["blur"] < 0
+            or not 0 <= settings.get("blur_p", 0.5) <= 1):
         raise BirdcnnError("--shift, --rotate and --blur must be >= 0, and --blur-p between 0 and 1")
     if settings["shift"] >= INPUT_SIZE // 2:
         raise BirdcnnError(f"--shift must be below {INPUT_SIZE // 2} pixels (images are {INPUT_SIZE}x{INPUT_SIZE})")
@@ -88,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
 
     u8 = load_for_model(args.image, INPUT_SIZE)  # exactly what predict sees
     versions = augmented_versions(u8, augment, args.n, args.seed)
-    fig = preview_figure(u8, versions, augment, f"{display_path(Path(args.image).name)}: {args.n} synthetic training images "
-                                                 f"({args.arch} recipe{' + your changes' if augment_overrides(args) else ''})")
+    fig = preview_figure(u8, versions, augment,
+                         f"{display_path(Path(args.image).name)}: {args.n} synthetic training images "
+                         f"({args.arch} recipe{' + your changes' if augment_overrides(args) else ''})")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_figure(fig, out, dpi=110)

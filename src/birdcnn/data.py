@@ -59,7 +59,8 @@ class Dataset:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("BIRDCNN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "birdcnn")
+    root = (os.environ.get("BIRDCNN_CACHE")
+            or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "birdcnn"))
     return Path(root)
 
 
@@ -251,7 +252,8 @@ def _decode_one(args: tuple[str, int]) -> np.ndarray | str:
         return str(e)
 
 
-def decode_files(paths: list[Path], size: int, workers: int | None = None, desc: str = "decoding") -> tuple[np.ndarray, list[int], list[str]]:
+def decode_files(paths: list[Path], size: int, workers: int | None = None,
+                 desc: str = "decoding") -> tuple[np.ndarray, list[int], list[str]]:
     """Decode image files in parallel to (N, size, size, 3) uint8; returns (images, ok_indices, problems)."""
     from tqdm import tqdm
 
@@ -479,7 +481,8 @@ def resolve_source(source: str | Path | ResolvedSource) -> ResolvedSource:
     if isinstance(source, ResolvedSource):
         return source
     if str(source) == "cifar10":
-        return ResolvedSource("cifar-archive", download(CIFAR10_URL, cache_dir() / "cifar-10-python.tar.gz", CIFAR10_MD5))
+        return ResolvedSource("cifar-archive",
+                              download(CIFAR10_URL, cache_dir() / "cifar-10-python.tar.gz", CIFAR10_MD5))
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder (use 'cifar10' to download CIFAR-10)")

@@ -8,7 +8,8 @@ import torch
 
 from .errors import BirdcnnError
 
-DEVICE_HELP = "auto (default: CUDA, then Apple MPS, then the CPU), cpu, cuda, cuda:N or mps; bf16 on CPU and CUDA, float32 on MPS"
+DEVICE_HELP = ("auto (default: CUDA, then Apple MPS, then the CPU), cpu, cuda, cuda:N or mps; "
+               "bf16 on CPU and CUDA, float32 on MPS")
 
 
 def add_device_argument(p: argparse.ArgumentParser) -> None:
@@ -46,5 +47,6 @@ def check_device(name: str | None = "auto") -> torch.device:
         raise BirdcnnError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
                            f"(available: {', '.join(available)})")
     if device.type != "cpu" and device.type not in available:
-        raise BirdcnnError(f"--device {name}: {kind} is not available on this machine (available: {', '.join(available)})")
+        raise BirdcnnError(f"--device {name}: {kind} is not available on this machine "
+                           f"(available: {', '.join(available)})")
     return device

@@ -168,7 +168,8 @@ def _r(v):
     return round(v, 6) if isinstance(v, float) else v
 
 
-def _label_maps(source: Source, model: Classifier, any_classes: bool = False) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+def _label_maps(source: Source, model: Classifier,
+                any_classes: bool = False) -> tuple[np.ndarray, np.ndarray | None, str | None]:
     """(data label -> is positive, data label -> model class index or None, note when there is none).
 
     Class names meet as in training (`sources.canonical_class`: 'car' is 'automobile'). Every
@@ -349,7 +350,8 @@ def format_table(ev: Evaluation) -> str:
     if len(ev.false_alarms) > 1:
         lines += ["", f"false alarms per folder ({len(flagged)} of {len(ev.false_alarms)} kinds of not-{pos} "
                       f"have some{'; highest rates' if len(flagged) > 12 else ''}):"]
-        lines += [f"  {name[:24]:<25}{f['flagged']:>5} of {f['n']:<6}{100 * f['rate']:6.1f}%" for name, f in flagged[:12]]
+        lines += [f"  {name[:24]:<25}{f['flagged']:>5} of {f['n']:<6}{100 * f['rate']:6.1f}%"
+                  for name, f in flagged[:12]]
     if ev.skipped:
         lines += ["", f"skipped {len(ev.skipped)} unreadable images (listed on stderr and in metrics.json)"]
     return "\n".join(lines)
@@ -372,12 +374,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="'cifar10', the CIFAR-10 archive or folder, or a folder/tar of class "
                                                  "folders; its test/ split is used when present")
     p.add_argument("--model", help="model file (.json/.safetensors or a run folder; default: the shipped model)")
-    p.add_argument("--out", metavar="DIR", help="folder for report.html, metrics.json and the pictures (default: runs/evaluate-DATE)")
+    p.add_argument("--out", metavar="DIR",
+                   help="folder for report.html, metrics.json and the pictures (default: runs/evaluate-DATE)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object instead of a table")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--threshold", type=_fraction, metavar="T", help="call 'bird' when p(bird) >= T (default: the model's threshold)")
-    g.add_argument("--target-precision", type=_fraction, metavar="P", help="use the lowest threshold reaching precision P on this data")
-    g.add_argument("--target-recall", type=_fraction, metavar="R", help="use the highest threshold reaching recall R on this data")
+    g.add_argument("--threshold", type=_fraction, metavar="T",
+                   help="call 'bird' when p(bird) >= T (default: the model's threshold)")
+    g.add_argument("--target-precision", type=_fraction, metavar="P",
+                   help="use the lowest threshold reaching precision P on this data")
+    g.add_argument("--target-recall", type=_fraction, metavar="R",
+                   help="use the highest threshold reaching recall R on this data")
     p.add_argument("--gallery-size", type=int, default=48, metavar="N", help="images per gallery (default 48)")
 
 
@@ -404,12 +410,14 @@ def run(args: argparse.Namespace) -> int:
         print(to_json({**ev.summary(), "out": str(out)}))
     else:
         print(format_table(ev))
-        print(f"\n{ev.n} images evaluated in {ev.seconds:.1f} s; report written in {report_seconds:.1f} s: {out / 'report.html'}")
+        print(f"\n{ev.n} images evaluated in {ev.seconds:.1f} s; "
+              f"report written in {report_seconds:.1f} s: {out / 'report.html'}")
     if src.other:  # as search says it: a folder of HEIC photos must not look small without a word
         print(f"birdcnn evaluate: passed over {len(src.other)} files that are not images: {src.other}", file=sys.stderr)
     for i, problem in enumerate(ev.skipped):
         if i == 20:
-            print(f"birdcnn evaluate: ... and {len(ev.skipped) - 20} more (all in {out / 'metrics.json'})", file=sys.stderr)
+            print(f"birdcnn evaluate: ... and {len(ev.skipped) - 20} more (all in {out / 'metrics.json'})",
+                  file=sys.stderr)
             break
         print(f"birdcnn evaluate: skipped unreadable image {problem}", file=sys.stderr)
     return 1 if ev.skipped else 0

@@ -118,7 +118,8 @@ def _gradcam_layer(calls: list, input_size: int) -> int | None:
     return (good or convs or [None])[-1]
 
 
-def smoothgrad(clf: Classifier, u8: np.ndarray, target: int, n: int = SMOOTHGRAD_SAMPLES, noise: float = 0.15) -> np.ndarray:
+def smoothgrad(clf: Classifier, u8: np.ndarray, target: int, n: int = SMOOTHGRAD_SAMPLES,
+               noise: float = 0.15) -> np.ndarray:
     """|d score / d pixel|, averaged over `n` noisy copies (SmoothGrad, Smilkov et al. 2017), in [0, 1]."""
     x = clf.prepare(u8).float()
     gen = torch.Generator().manual_seed(0)
@@ -175,7 +176,8 @@ def mosaic(tiles: list[np.ndarray], cols: int, gap: int = 1, fill: float = 1.0) 
     return out
 
 
-def colour_maps(maps: torch.Tensor, idx: list[int], ranges: dict[int, tuple[float, float]] | None = None) -> list[np.ndarray]:
+def colour_maps(maps: torch.Tensor, idx: list[int],
+                ranges: dict[int, tuple[float, float]] | None = None) -> list[np.ndarray]:
     """Channels `idx` of (C, H, W) maps as viridis RGB tiles, each stretched to its own range
     (or to `ranges[c]`, so a map and its pooled version share one colour scale)."""
     import matplotlib
@@ -207,7 +209,8 @@ def overlay(photo: Image.Image, heat: np.ndarray, box: tuple[int, int, int, int]
     rgb = np.asarray(photo, dtype=np.float32) / 255
     left, top, right, bottom = box
     hm = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
-    hm = F.interpolate(hm, size=(bottom - top, right - left), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+    hm = F.interpolate(hm, size=(bottom - top, right - left), mode="bilinear",
+                       align_corners=False)[0, 0].clamp(0, 1).numpy()
     out = rgb * 0.35
     region = rgb[top:bottom, left:right]
     out[top:bottom, left:right] = (1 - alpha) * region + alpha * matplotlib.colormaps["jet"](hm)[..., :3]
@@ -266,7 +269,8 @@ def explain(path: str | Path, clf: Classifier, display_size: int = 480) -> Expla
     im = open_for_model(path, clf.input_size)  # exactly what predict decodes and sees
     u8 = model_view(im, clf.input_size)
     scale = min(1.0, display_size / max(im.size))
-    photo = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC) if scale < 1 else im
+    photo = (im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC)
+             if scale < 1 else im)
     box = crop_box(*photo.size)
     probs = clf.probabilities(u8[None])[0]
     tr = trace(clf, u8, clf.positive_index)
@@ -364,7 +368,8 @@ def panel_pooling(fig, spec, e: Explanation, number: str, k: int = 8) -> None:
     top, bottom = spec.subgridspec(2, 1, hspace=0.35)
     _image(fig.add_subplot(top), before, f"{number} · max-pooling: before")
     ax = fig.add_subplot(bottom)
-    _image(ax, canvas, f"after: {pool.input.shape[1]}x{pool.input.shape[2]} -> {pool.output.shape[1]}x{pool.output.shape[2]}")
+    _image(ax, canvas, f"after: {pool.input.shape[1]}x{pool.input.shape[2]} "
+                       f"-> {pool.output.shape[1]}x{pool.output.shape[2]}")
     ax.spines[:].set_visible(False)
     m = pool.module
     if isinstance(m, nn.MaxPool2d):
@@ -394,7 +399,8 @@ def panel_gradcam(fig, spec, e: Explanation, number: str) -> None:
         ax.axis("off")
         return
     _image(ax, overlay(e.photo, e.trace.gradcam, e.box), f"{number} · where it sees \"{e.positive}\"")
-    ax.set_xlabel(f"Grad-CAM on layer {e.trace.cam_step.name} ({e.trace.gradcam.shape[0]}x{e.trace.gradcam.shape[1]})", fontsize=8)
+    ax.set_xlabel(f"Grad-CAM on layer {e.trace.cam_step.name} "
+                  f"({e.trace.gradcam.shape[0]}x{e.trace.gradcam.shape[1]})", fontsize=8)
 
 
 # ---------------------------------------------------------------- figures and files
@@ -416,7 +422,9 @@ def combined_figure(e: Explanation):
     import matplotlib.pyplot as plt
 
     deeper = _pick(e.deeper(), DEEPER_SHOWN)
-    panels = [lambda f, s: panel_photo(f, s, e), lambda f, s: panel_input(f, s, e, "2"), lambda f, s: panel_tiles(f, s, e, "3"),
+    panels = [lambda f, s: panel_photo(f, s, e),
+              lambda f, s: panel_input(f, s, e, "2"),
+              lambda f, s: panel_tiles(f, s, e, "3"),
               lambda f, s: panel_filters(f, s, e, "4"),
               lambda f, s: panel_maps(f, s, e.first, "5 · first layer: feature maps"),
               lambda f, s: panel_pooling(f, s, e, "6")]
@@ -451,7 +459,8 @@ def deeper_figure(e: Explanation, k: int = 8):
     for ax, step in zip(axes[:, 0], layers):
         idx = strongest(step.output, k)
         _image(ax, mosaic(colour_maps(step.output, idx), k))
-        ax.set_title(f"{step.name}: {step.describe()} ({len(idx)} strongest of {step.output.shape[0]})", fontsize=9, loc="left")
+        ax.set_title(f"{step.name}: {step.describe()} ({len(idx)} strongest of {step.output.shape[0]})",
+                     fontsize=9, loc="left")
     if not layers:
         axes[0, 0].axis("off")
     fig.tight_layout()
@@ -464,10 +473,12 @@ def saliency_figure(e: Explanation):
     fig, axes = plt.subplots(1, 3, figsize=(11, 4))
     _image(axes[0], e.photo, e.name)
     if e.trace.gradcam is not None:
-        _image(axes[1], overlay(e.photo, e.trace.gradcam, e.box), f"Grad-CAM for \"{e.positive}\" (layer {e.trace.cam_step.name})")
+        _image(axes[1], overlay(e.photo, e.trace.gradcam, e.box),
+               f"Grad-CAM for \"{e.positive}\" (layer {e.trace.cam_step.name})")
     else:
         axes[1].axis("off")
-    _image(axes[2], overlay(e.photo, e.trace.saliency, e.box), f"pixel saliency (SmoothGrad, {SMOOTHGRAD_SAMPLES} samples)")
+    _image(axes[2], overlay(e.photo, e.trace.saliency, e.box),
+           f"pixel saliency (SmoothGrad, {SMOOTHGRAD_SAMPLES} samples)")
     fig.tight_layout()
     return fig
 

@@ -7,9 +7,10 @@ heat map, and the best windows, after non-maximum suppression, are the boxes.
 
 Cost is bounded whatever the photo: windows are sized relative to the photo, so their number
 does not grow with the megapixels; it is capped at `max_windows` (photos that would need more,
-such as wide panoramas, get a coarser stride, then lose their smallest scales); the photo is decoded only as large as the smallest window needs (JPEG draft
-mode: a 24 MP JPEG decodes at 1/4 or 1/8 scale); and windows under 16 photo pixels are not
-used (a 64 px photo keeps only its larger scales).
+such as wide panoramas, get a coarser stride, then lose their smallest scales); the photo is
+decoded only as large as the smallest window needs (JPEG draft mode: a 24 MP JPEG decodes at
+1/4 or 1/8 scale); and windows under 16 photo pixels are not used (a 64 px photo keeps only its
+larger scales).
 """
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ class Located:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return {"size": list(self.size), "class": self.target, "boxes": self.boxes, "min_probability": self.min_probability,
+        return {"size": list(self.size), "class": self.target, "boxes": self.boxes,
+                "min_probability": self.min_probability,
                 "max_probability": round(self.max_probability, 6),
                 "whole_frame_probability": round(self.whole_frame_probability, 6),
                 "windows": self.windows, "scales": self.scales, "seconds": round(self.seconds, 3)}
@@ -167,7 +169,8 @@ def locate(im: Image.Image, model: Classifier, target: str | None = None,
 
         # Heat: each window's score painted on the stride x stride cell at its centre (so a
         # small bird stays a small hot spot), edges extended; the hottest scale wins per pixel.
-        cells = F.interpolate(p.float().view(1, 1, ny, nx), size=(ny * st, nx * st), mode="bilinear", align_corners=False)
+        cells = F.interpolate(p.float().view(1, 1, ny, nx), size=(ny * st, nx * st), mode="bilinear",
+                              align_corners=False)
         cy, cx = oy + (size - st) // 2, ox + (size - st) // 2
         cells = F.pad(cells, (cx, rw - cx - nx * st, cy, rh - cy - ny * st), mode="replicate")
         heat = torch.maximum(heat, F.interpolate(cells, size=(dh, dw), mode="bilinear", align_corners=False)[0, 0])
@@ -225,7 +228,8 @@ def save_heatmap(res: Located, out: str | Path, title: str = "") -> Path:
     out = Path(out)
     W, H = res.size
     dw, dh = res.display.size
-    fig, ax = plt.subplots(figsize=(max(4.0, 8 * dw / max(dw, dh)) + 1.2, max(3.0, 8 * dh / max(dw, dh)) + 0.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(4.0, 8 * dw / max(dw, dh)) + 1.2, max(3.0, 8 * dh / max(dw, dh)) + 0.6),
+                           dpi=110)
     ax.imshow(res.display, extent=(0, W, H, 0))
     # Colour and opacity both follow the heat, so cold regions keep the photo visible.
     rgba = plt.get_cmap("inferno")(res.heat)
@@ -235,7 +239,8 @@ def save_heatmap(res: Located, out: str | Path, title: str = "") -> Path:
     for rank, b in enumerate(res.boxes):
         x0, y0, x1, y1 = b["box"]
         colour = "cyan" if rank == 0 else "lime"
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=2.5 if rank == 0 else 1.5))
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
+                               linewidth=2.5 if rank == 0 else 1.5))
         ax.text(x0, y0, f"{res.target} {100 * b['probability']:.0f}%", color="black", fontsize=9, va="bottom",
                 bbox={"facecolor": colour, "edgecolor": "none", "pad": 1.5})
     ax.set_axis_off()
@@ -250,7 +255,8 @@ def save_heatmap(res: Located, out: str | Path, title: str = "") -> Path:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_argument(p)
     p.add_argument("image", metavar="IMAGE", help="a photo (JPEG, PNG, WebP, GIF, BMP, TIFF), 64 px to 24 MP or more")
-    p.add_argument("--out", metavar="PNG", help="heat-map picture to write (.png/.jpg/.pdf/.svg; default: runs/locate-DATE/NAME.png)")
+    p.add_argument("--out", metavar="PNG",
+                   help="heat-map picture to write (.png/.jpg/.pdf/.svg; default: runs/locate-DATE/NAME.png)")
     p.add_argument("--json", action="store_true",
                    help='print {"boxes": [{"box": [x0, y0, x1, y1], "probability"}...], ...} in photo pixels')
     p.add_argument("--stride", type=float, default=DEFAULT_STRIDE, metavar="S",

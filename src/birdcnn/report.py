@@ -45,7 +45,8 @@ def plot_pr(ev: Evaluation) -> Figure:
     ax = fig.subplots()
     pos, b, y = ev.positive, ev.bird, ev.is_positive
     ax.set(xlim=(0, 1.01), ylim=(0, 1.02), xlabel=f"recall (share of {pos} images found)",
-           ylabel=f"precision (share of '{pos}' calls right)", title=f"Precision-recall: AP {fmt(b['average_precision'])}")
+           ylabel=f"precision (share of '{pos}' calls right)",
+           title=f"Precision-recall: AP {fmt(b['average_precision'])}")
     ax.grid(alpha=0.3)
     if not y.any():
         _undefined(ax, f"undefined: no {pos} images in the data")
@@ -85,7 +86,8 @@ def _heatmap(ax, counts: np.ndarray, rows: list[str], cols: list[str], annotate:
     totals = counts.sum(1)
     share = counts / np.maximum(totals[:, None], 1)
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(cols)), cols, rotation=45 if len(cols) > 2 else 0, ha="right" if len(cols) > 2 else "center")
+    ax.set_xticks(range(len(cols)), cols, rotation=45 if len(cols) > 2 else 0,
+                  ha="right" if len(cols) > 2 else "center")
     ax.set_yticks(range(len(rows)), rows)
     if annotate:
         small = len(rows) > 2
@@ -241,31 +243,38 @@ def write_report(ev: Evaluation, out: str | Path) -> dict[str, Path]:
 
 def _img(pictures: dict[str, bytes], name: str, alt: str) -> str:
     data = base64.b64encode(pictures[name]).decode()
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+            f'<figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.5em 0}
-td,th{padding:.25em .8em;border-bottom:1px solid #eee;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
-figure{display:inline-block;margin:.5em;vertical-align:top}figure img{max-width:100%}figcaption{color:#666;font-size:.85em}
+td,th{padding:.25em .8em;border-bottom:1px solid #eee;text-align:left}\
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{display:inline-block;margin:.5em;vertical-align:top}figure img{max-width:100%}\
+figcaption{color:#666;font-size:.85em}
 .note{color:#555}"""
 
 
 def report_html(ev: Evaluation, pictures: dict[str, bytes]) -> str:
     """The report page, every picture embedded as a data: URI."""
     e, b, pos = html.escape, ev.bird, ev.positive
-    rows = "".join(f"<tr><td>{e(label)}</td><td class=num>{fmt(b[key])}</td><td class=note>{e(note.format(pos=pos))}</td></tr>"
-                   for key, label, note in BIRD_ROWS)
+    rows = "".join(f"<tr><td>{e(label)}</td><td class=num>{fmt(b[key])}</td>"
+                   f"<td class=note>{e(note.format(pos=pos))}</td></tr>" for key, label, note in BIRD_ROWS)
     baseline = f"{1 - b['positives'] / ev.n:.4f}"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>birdcnn evaluation</title><style>{_CSS}</style></head><body>",
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>birdcnn evaluation</title>"
+             f"<style>{_CSS}</style></head><body>",
              f"<h1>How good is the model at telling {e(pos)} from not {e(pos)}?</h1>",
-             f"<p>Model <code>{e(ev.model)}</code> on <code>{e(ev.data)}</code>{' (test split)' if ev.split == 'test' else ''}: "
-             f"{ev.n} images, {b['positives']} of them {e(pos)}. Threshold {ev.threshold:.4f}: {e(ev.threshold_rule)}.</p>"]
+             f"<p>Model <code>{e(ev.model)}</code> on <code>{e(ev.data)}</code>"
+             f"{' (test split)' if ev.split == 'test' else ''}: "
+             f"{ev.n} images, {b['positives']} of them {e(pos)}. "
+             f"Threshold {ev.threshold:.4f}: {e(ev.threshold_rule)}.</p>"]
     if ev.target is not None:
         (kind, goal), t = next(iter(ev.target.items())), ev.target["threshold"]
         parts.append(f"<p>Threshold for {e(kind)} &ge; {goal}: {fmt(t)}.</p>")
     parts += [f"<h2>{e(pos)} vs not {e(pos)}</h2>",
-              f"<p class=note>Accuracy alone misleads: always answering &ldquo;not {e(pos)}&rdquo; would score {baseline} here.</p>",
+              f"<p class=note>Accuracy alone misleads: always answering &ldquo;not {e(pos)}&rdquo; "
+              f"would score {baseline} here.</p>",
               f"<table><tr><th>metric</th><th>value</th><th>meaning</th></tr>{rows}</table>",
               f"<table><tr><th></th><th>called {e(pos)}</th><th>called not {e(pos)}</th></tr>"
               f"<tr><th>{e(pos)}</th><td class=num>{b['tp']} TP</td><td class=num>{b['fn']} FN</td></tr>"
@@ -297,6 +306,7 @@ def report_html(ev: Evaluation, pictures: dict[str, bytes]) -> str:
         parts.append(_img(pictures, f"gallery_{group}", title))
     if ev.skipped:
         items = "".join(f"<li><code>{e(s)}</code></li>" for s in ev.skipped)
-        parts.append(f"<h2>Skipped</h2><details><summary>{len(ev.skipped)} unreadable images skipped</summary><ul>{items}</ul></details>")
+        parts.append(f"<h2>Skipped</h2><details><summary>{len(ev.skipped)} unreadable images skipped</summary>"
+                     f"<ul>{items}</ul></details>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

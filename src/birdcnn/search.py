@@ -267,8 +267,8 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     probability >= `min_probability` (default: the model's threshold) are the matches.
     `progress`: None shows a bar only when stderr is a terminal. Each view is scored with
     its mirror image averaged in (`tta=False`: without, half the network work); `predict` may
-    average more views (the model's `tta`), so probabilities can differ slightly from it. Ctrl-C stops cleanly: the result says `interrupted` and holds everything
-    scored until then.
+    average more views (the model's `tta`), so probabilities can differ slightly from it. Ctrl-C
+    stops cleanly: the result says `interrupted` and holds everything scored until then.
 
     `output`: the JSON-lines log (search_log.py), resumed with `resume`. `shard`: score only that
     part of the photos (shards.py). `boxes`: record `locate`'s boxes of each match in the log
@@ -430,6 +430,7 @@ def write_contact_sheet(result: SearchResult, out: str | os.PathLike, workers: i
     s = result.summary()
     more = len(result.matches) - len(shown)
     title = f"{s['matched']} photos showing a {result.target}"
+    not_shown = f" The {more} less confident matches are not shown." if more > 0 else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>birdcnn search: {html.escape(title)}</title>
 <style>
@@ -444,7 +445,7 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5em; background: #fafafa; 
 <h1>{html.escape(title)}</h1>
 <p>Folder <code>{html.escape(display_path(result.folder))}</code>: {s['scanned']} photos scanned, {s['matched']} with
 {html.escape(result.target)} probability &ge; {result.min_probability:.3g}, {_unreadable(result)}.
-Most confident first; click a photo to open it.{f" The {more} less confident matches are not shown." if more > 0 else ""}</p>
+Most confident first; click a photo to open it.{not_shown}</p>
 <div class="grid">
 {chr(10).join(cards)}
 </div></body></html>
@@ -465,7 +466,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="list photos with at least this probability (default: the model's threshold for its "
                         "positive class, 0.5 for other classes)")
     p.add_argument("--model", help="model file (.json/.safetensors or a run folder; default: the shipped model)")
-    p.add_argument("--json", action="store_true", help='print {"matches": [{"path", "probability"}...], "summary": {...}}')
+    p.add_argument("--json", action="store_true",
+                   help='print {"matches": [{"path", "probability"}...], "summary": {...}}')
     p.add_argument("--html", metavar="OUT", help="also write a contact sheet of the matches (self-contained HTML page)")
     p.add_argument("--workers", type=int, metavar="N", help="decoding processes (default: one per CPU core; 0: none)")
     p.add_argument("--output", metavar="FILE",
@@ -477,7 +479,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", metavar="FILE.jsonl",
                    help="with --format csv or megadetector: where the resumable JSON-lines log goes (default: "
                         "--output's name + .jsonl)")
-    p.add_argument("--resume", action="store_true", help="continue the search recorded in --output, skipping photos already scored")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the search recorded in --output, skipping photos already scored")
     p.add_argument("--boxes", action="store_true",
                    help="also locate each match (as birdcnn locate, ~1 s a photo on a CPU): its boxes go in --output, "
                         "as MegaDetector detections")
@@ -491,7 +494,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tta", action="store_true",
                    help="score each photo once, without mirror averaging: ~1.2x faster on CPU")
     p.add_argument("--crops", action="store_true",
-                   help="also score the four quadrants and the centre, keep the highest (finds small birds; ~6x the network work)")
+                   help="also score the four quadrants and the centre, keep the highest "
+                        "(finds small birds; ~6x the network work)")
 
 
 def _unreadable(r: SearchResult) -> str:
@@ -620,7 +624,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     _show(r, args)
     for s in r.skipped:
-        print(f"birdcnn search: {'error' if s.serious else 'warning'}: {display_path(s.path)}: {s.problem}", file=sys.stderr)
+        print(f"birdcnn search: {'error' if s.serious else 'warning'}: {display_path(s.path)}: {s.problem}",
+              file=sys.stderr)
     if r.other:
         print(f"birdcnn search: passed over {len(r.other)} files that are not images: {r.other}", file=sys.stderr)
     for path, problem in r.failed:
@@ -632,7 +637,7 @@ def run(args: argparse.Namespace) -> int:
           f"(p >= {r.min_probability:.3g}), {_unreadable(r)}", file=sys.stderr)
     if r.interrupted:
         hint = f"; continue with --output {args.output} --resume" if args.output else ""
-        print(f"birdcnn search: interrupted: the list above holds the {r.scored + r.resumed} photos scored so far{hint}",
-              file=sys.stderr)
+        print(f"birdcnn search: interrupted: the list above holds the {r.scored + r.resumed} photos "
+              f"scored so far{hint}", file=sys.stderr)
         return 130
     return 1 if r.failed or any(s.serious for s in r.skipped) else 0

@@ -113,8 +113,8 @@ def _check_pixels(path: Path, name: str, limits: Limits) -> ApiError | None:
             with Image.open(path) as im:
                 w, h = im.size
     except Image.DecompressionBombError:
-        return ApiError(413, f"too large (over twice the {limits.max_megapixels:g} MP limit): possible decompression bomb",
-                        name)
+        return ApiError(413, f"too large (over twice the {limits.max_megapixels:g} MP limit): "
+                             "possible decompression bomb", name)
     except (OSError, ValueError, SyntaxError, EOFError):
         return None
     if w * h > limits.max_pixels:
@@ -290,10 +290,12 @@ def _validation_message(errors: list[dict]) -> str:
         loc = [str(part) for part in err.get("loc", ())]
         field = "files" if "files" in loc else "file" if "file" in loc else None
         if field:
-            what = "one or more photos as multipart field 'files'" if field == "files" else "one photo as multipart field 'file'"
+            what = ("one or more photos as multipart field 'files'" if field == "files"
+                    else "one photo as multipart field 'file'")
             problem = "no file uploaded" if err.get("type") == "missing" else f"field {field!r} holds text, not a file"
             return f"{problem} (send {what}, e.g. curl -F {field}=@photo.jpg)"
-    return "; ".join(f"{'.'.join(map(str, e.get('loc', ())[1:])) or 'request'}: {e.get('msg', 'invalid')}" for e in errors)
+    return "; ".join(f"{'.'.join(map(str, e.get('loc', ())[1:])) or 'request'}: {e.get('msg', 'invalid')}"
+                     for e in errors)
 
 
 def create_app(model, model_path: str | Path, limits: Limits = Limits()):
@@ -405,10 +407,12 @@ def _positive(kind: type):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
     p.add_argument("--model", help="model file (.json/.safetensors or a run folder; default: the shipped model)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: CUDA, then MPS, then CPU)")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N, mps or auto (default: CUDA, then MPS, then CPU)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
                    help=f"largest file accepted (default {DEFAULT_MAX_UPLOAD_MB:g})")
     p.add_argument("--max-files", type=_positive(int), default=DEFAULT_MAX_FILES, metavar="N",

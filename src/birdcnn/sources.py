@@ -157,7 +157,8 @@ def load_sources(specs: list[str], size: int, seed: int, weights: list[float] | 
     for spec, r, is_photo in zip(specs, resolved, photo):
         view = D.load_split(r, "train", size)
         if view.skipped:
-            print(f"warning: {spec}: skipped {len(view.skipped)} unreadable files (first: {view.skipped[0]})", file=sys.stderr)
+            print(f"warning: {spec}: skipped {len(view.skipped)} unreadable files (first: {view.skipped[0]})",
+                  file=sys.stderr)
         if is_photo:
             stored = D.load_split(r, "train", size * scale)
             if stored.paths != view.paths:
@@ -180,8 +181,8 @@ def load_sources(specs: list[str], size: int, seed: int, weights: list[float] | 
                 classes.append(canonical_class(c))
 
     if len(classes) < 2:
-        raise DataError(f"{', '.join(map(str, specs))}: only one class ({classes[0]!r}): a classifier needs at least two "
-                        f"(e.g. bird/ and not_bird/ folders)")
+        raise DataError(f"{', '.join(map(str, specs))}: only one class ({classes[0]!r}): "
+                        f"a classifier needs at least two (e.g. bird/ and not_bird/ folders)")
     tr_img, tr_lab, tr_src, va_img, va_lab, va_src, va_paths, infos = [], [], [], [], [], [], [], []
     for k, (spec, view, stored) in enumerate(zip(specs, view_sets, store_sets)):
         labels = _remap(view, classes)

@@ -15,9 +15,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'cifar10' (download), the CIFAR-10 archive or folder, or a folder/tar of class folders; "
                         "repeat to train on several sources at once (classes merge by name: car = automobile)")
     p.add_argument("--source-weights", type=positive_float, nargs="+", metavar="W",
-                   help="one per --data: a source of weight W is drawn W times as often as its size implies (default 1 each)")
+                   help="one per --data: a source of weight W is drawn W times as often as its size implies "
+                        "(default 1 each)")
     p.add_argument("--arch", choices=sorted(ARCHITECTURES), help="network (default: fast)")
-    p.add_argument("--classes", choices=["all", "binary"], help="learn every class, or positive-vs-rest (default: per arch)")
+    p.add_argument("--classes", choices=["all", "binary"],
+                   help="learn every class, or positive-vs-rest (default: per arch)")
     p.add_argument("--positive", default="bird", help="the positive class (default: bird)")
     p.add_argument("--extra-positive", metavar="DIR",
                    help="extra positive images merged into training: a folder of images, or a class-folder source "
@@ -27,8 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float, help="learning rate (default: per arch)")
     p.add_argument("--label-smoothing", type=ranged(float, 0, 1, below=True))
-    p.add_argument("--val-size", type=positive_int, help="training images held out to pick threshold and temperature (default 5000, or 10%%)")
-    p.add_argument("--target-precision", type=ranged(float, 0, 1, above=True), help="decision threshold target on validation (default 0.97)")
+    p.add_argument("--val-size", type=positive_int,
+                   help="training images held out to pick threshold and temperature (default 5000, or 10%%)")
+    p.add_argument("--target-precision", type=ranged(float, 0, 1, above=True),
+                   help="decision threshold target on validation (default 0.97)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/train-DATE)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -44,8 +48,10 @@ def add_augment_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("synthetic data (defaults: per arch)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
     g.add_argument("--shift", type=non_negative_int, metavar="PX", help="random shifts of up to PX pixels (0: off)")
-    g.add_argument("--rotate", type=non_negative_float, metavar="DEG", help="random rotations within +-DEG degrees (0: off)")
-    g.add_argument("--blur", type=non_negative_float, metavar="SIGMA", help="random Gaussian blur up to SIGMA pixels (0: off)")
+    g.add_argument("--rotate", type=non_negative_float, metavar="DEG",
+                   help="random rotations within +-DEG degrees (0: off)")
+    g.add_argument("--blur", type=non_negative_float, metavar="SIGMA",
+                   help="random Gaussian blur up to SIGMA pixels (0: off)")
     g.add_argument("--blur-p", type=ranged(float, 0, 1), metavar="P", help="fraction of images blurred (default 0.5)")
 
 
@@ -68,18 +74,21 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise BirdcnnError("--resume needs --out RUN_DIR (the run to continue)")
     if args.resume:
-        ignored = [f"--{k.replace('_', '-')}" for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "extra_positive")
+        ignored = [f"--{k.replace('_', '-')}"
+                   for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "extra_positive")
                    if getattr(args, k) is not None]
         if ignored:
-            print(f"note: --resume continues the run as first configured; ignoring {', '.join(ignored)}", file=sys.stderr)
+            print(f"note: --resume continues the run as first configured; ignoring {', '.join(ignored)}",
+                  file=sys.stderr)
     if args.device != "auto":  # checked before any data is loaded: a missing GPU is one line now, not a traceback later
         check_device(args.device)
     data = args.data or [""]
-    cfg = TrainConfig(data=data[0] if len(data) == 1 else data, source_weights=args.source_weights, arch=args.arch or "fast", classes=args.classes, positive=args.positive,
+    cfg = TrainConfig(data=data[0] if len(data) == 1 else data, source_weights=args.source_weights,
+                      arch=args.arch or "fast", classes=args.classes, positive=args.positive,
                       extra_positive=args.extra_positive, balance=args.balance, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
-                      augment=augment_overrides(args), val_size=args.val_size,
-                      seed=args.seed, out=args.out, device=None if args.device == "auto" else args.device, bf16=args.bf16,
+                      augment=augment_overrides(args), val_size=args.val_size, seed=args.seed, out=args.out,
+                      device=None if args.device == "auto" else args.device, bf16=args.bf16,
                       **({} if args.target_precision is None else {"target_precision": args.target_precision}))
     train(cfg, resume=args.resume, command="birdcnn " + shlex.join(args._argv))
     return 0

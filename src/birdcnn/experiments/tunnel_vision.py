@@ -326,7 +326,8 @@ def _f(v: float | None) -> str:
 
 def format_table(rows: list[Row]) -> str:
     head = (f"{'method':<24} {'trained on':<20} {'params':>8} {'train imgs':>10} {'train s':>8} {'infer ms/img':>12} "
-            f"{'MMAC/img':>9} | {'centred acc':>11} {'bal.acc':>7} | {'shifted acc':>11} {'bal.acc':>7} {'8-recall':>8}")
+            f"{'MMAC/img':>9} | {'centred acc':>11} {'bal.acc':>7} | "
+            f"{'shifted acc':>11} {'bal.acc':>7} {'8-recall':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.method:<24} {r.trained_on:<20} {r.params:>8,} {r.train_images:>10,} {r.train_seconds:>8.1f} "
@@ -398,8 +399,8 @@ def figure(res: Result):
     ax.set_xticks(x, [_label(r) for r in rows], fontsize=8)
     ax.legend(fontsize=8)
     ax.set_title("the price: time (measured, log scale)", fontsize=10)
-    fig.suptitle(f"Tunnel vision on MNIST: {res.data['train_digits']} training and {res.data['test_digits']} test digits "
-                 f"on {c}x{c} canvases", fontsize=12)
+    fig.suptitle(f"Tunnel vision on MNIST: {res.data['train_digits']} training and "
+                 f"{res.data['test_digits']} test digits on {c}x{c} canvases", fontsize=12)
     return fig
 
 
@@ -418,12 +419,15 @@ def write_results(res: Result, out: Path) -> dict[str, Path]:
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mnist", metavar="DIR", help="folder with the four MNIST IDX files (.gz or not); default: download")
+    p.add_argument("--mnist", metavar="DIR",
+                   help="folder with the four MNIST IDX files (.gz or not); default: download")
     p.add_argument("--out", metavar="DIR", help="results folder (default: runs/tunnel-vision-DATE)")
     p.add_argument("--quick", action="store_true", help="tiny settings that run in seconds (for tests)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: steadier, comparable timings)")
-    p.add_argument("--train-size", type=int, help=f"training digits (default {Settings.train_size:,}, or all there are)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (default 1: steadier, comparable timings)")
+    p.add_argument("--train-size", type=int,
+                   help=f"training digits (default {Settings.train_size:,}, or all there are)")
     p.add_argument("--test-size", type=int, help=f"test digits (default {Settings.test_size:,}, or all there are)")
 
 
