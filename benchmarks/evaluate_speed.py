@@ -58,7 +58,8 @@ def main() -> None:
     print(f"  open/list {t_open:.1f} s, decode {t_decode:.1f} s ({len(images) / t_decode:.0f} images/s), "
           f"classify {t_classify:.1f} s ({len(images) / t_classify:.0f} images/s)")
     print(f"bird: precision {ev.bird['precision']}, recall {ev.bird['recall']}, AP {ev.bird['average_precision']}")
-    print_summary({"benchmark": "evaluate_speed", "images": ev.n, "evaluate_s": round(t_eval, 2), "report_s": round(t_report, 2),
+    print_summary({"benchmark": "evaluate_speed", "images": ev.n,
+                   "evaluate_s": round(t_eval, 2), "report_s": round(t_report, 2),
                    "open_s": round(t_open, 2), "decode_s": round(t_decode, 2), "classify_s": round(t_classify, 2),
                    "peak_memory_growth_mb": round(grew), "arch": clf.meta["arch"], "tta": clf.tta})
 

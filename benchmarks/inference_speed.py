@@ -37,7 +37,8 @@ def main() -> None:
     classify([args.photo], clf)
     t_second = time.perf_counter() - t0
     print(f"import birdcnn (torch already loaded) {t_import:.2f} s, load model {t_load * 1000:.0f} ms, "
-          f"first photo {t_first * 1000:.0f} ms, next photo {t_second * 1000:.0f} ms  ({Path(args.photo).name}: {rec.get('label')})")
+          f"first photo {t_first * 1000:.0f} ms, next photo {t_second * 1000:.0f} ms  "
+          f"({Path(args.photo).name}: {rec.get('label')})")
 
     from birdcnn.data import load_split
     test = load_split(args.data, "test")
@@ -50,7 +51,8 @@ def main() -> None:
         dt = time.perf_counter() - t0
         acc = float((probs.argmax(1) == test.labels).mean())
         results[name] = {"images_per_s": len(test) / dt, "accuracy": acc, "probs": probs}
-        print(f"{name}: {len(test)} test images in {dt:.1f} s ({len(test) / dt:.0f} images/s, tta={clf.tta}), accuracy {acc:.4f}")
+        print(f"{name}: {len(test)} test images in {dt:.1f} s ({len(test) / dt:.0f} images/s, tta={clf.tta}), "
+              f"accuracy {acc:.4f}")
     diff = np.abs(results["fp32"]["probs"] - results["bf16"]["probs"]).max()
     agree = float((results["fp32"]["probs"].argmax(1) == results["bf16"]["probs"].argmax(1)).mean())
     print(f"bf16 vs fp32: max probability difference {diff:.4f}, same top class on {agree:.2%} of images")

@@ -50,7 +50,8 @@ def main() -> None:
         infer_ms = timed(infer) / len(x) * 1000
         torch.set_num_threads(threads)
         net.train()
-        xb, y = torch.randn(1024, 3, size, size).contiguous(memory_format=torch.channels_last), torch.randint(0, 283, (1024,))
+        xb = torch.randn(1024, 3, size, size).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 283, (1024,))
 
         def step():
             with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -27,7 +27,8 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="locate_photos-"))
     out.mkdir(parents=True, exist_ok=True)
     ci = model.class_indices(None)
-    print(f"window threshold {model.window_threshold(ci):.4f} ({model.meta.get('window_threshold_rule', 'decision threshold')})")
+    print(f"window threshold {model.window_threshold(ci):.4f} "
+          f"({model.meta.get('window_threshold_rule', 'decision threshold')})")
     summary = {"benchmark": "locate_photos", "window_threshold": model.window_threshold(ci), **facts}
     for folder in sorted(p for p in Path(args.photos).iterdir() if p.is_dir()):
         with_box = 0
@@ -36,7 +37,8 @@ def main() -> None:
             res = locate_file(photo, model)
             with_box += bool(res.boxes)
             best = f", best {res.boxes[0]['box']}" if res.boxes else ""
-            print(f"{folder.name}/{photo.name}: best window {100 * res.max_probability:.1f}%, {len(res.boxes)} boxes{best}")
+            print(f"{folder.name}/{photo.name}: best window {100 * res.max_probability:.1f}%, "
+                  f"{len(res.boxes)} boxes{best}")
             save_heatmap(res, out / f"{folder.name}__{photo.stem}.png", title=photo.name)
         print(f"== {folder.name}: {with_box} of {len(photos)} photos have a box")
         summary[folder.name] = {"photos": len(photos), "with_box": with_box}

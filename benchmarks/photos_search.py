@@ -40,7 +40,8 @@ def main() -> None:
         scores = np.array([p for _, p in r.matches])
         is_bird = np.array([Path(p).parent.name == model.positive for p in paths])
         matched = scores >= model.threshold
-        row = {"photos": len(paths), "birds": int(is_bird.sum()), "average_precision": round(average_precision(is_bird, scores), 3),
+        row = {"photos": len(paths), "birds": int(is_bird.sum()),
+               "average_precision": round(average_precision(is_bird, scores), 3),
                "matches": int(matched.sum()), "matched_birds": int((matched & is_bird).sum()),
                "birds_in_top10": int(is_bird[:10].sum()), "seconds": round(r.seconds, 2)}
         print(f"{name}: AP {row['average_precision']:.3f}, {row['matches']} matches ({row['matched_birds']} birds, "

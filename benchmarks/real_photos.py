@@ -42,7 +42,8 @@ def fmt(v, digits: int = 3) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="the model to measure first (default: the shipped model)")
-    ap.add_argument("--cifar-only", default=str(HERE / "models" / "cifar_only.json"), help="the previous CIFAR-only model")
+    ap.add_argument("--cifar-only", default=str(HERE / "models" / "cifar_only.json"),
+                    help="the previous CIFAR-only model")
     ap.add_argument("--article", help="the article's network trained the article's way (a run folder)")
     ap.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
     ap.add_argument("--json", metavar="OUT", help="also write every figure, with the per-class false alarms, here")
@@ -64,9 +65,9 @@ def main() -> None:
                    "flagged": b["fp"], "negatives": ev.n - b["positives"], "false_alarms": ev.false_alarms,
                    "seconds": round(ev.seconds, 1)}
             table.append(row)
-            print(f"{name:<11}{s:<13}n {ev.n:>6}  AP {fmt(row['ap'])}  P {fmt(row['precision'])}  R {fmt(row['recall'])}"
-                  f"  P@90%R {fmt(row['precision_at_90_recall'])}  ECE {fmt(row['ece'])}  acc {fmt(row['accuracy'])}"
-                  f"  ({row['seconds']} s)", flush=True)
+            print(f"{name:<11}{s:<13}n {ev.n:>6}  AP {fmt(row['ap'])}  P {fmt(row['precision'])}"
+                  f"  R {fmt(row['recall'])}  P@90%R {fmt(row['precision_at_90_recall'])}"
+                  f"  ECE {fmt(row['ece'])}  acc {fmt(row['accuracy'])}  ({row['seconds']} s)", flush=True)
     print("\n| model | test set | images (birds) | bird AP | precision | recall | precision at 90% recall "
           "| ECE | class accuracy | false alarms |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -76,7 +77,8 @@ def main() -> None:
               f"{r['flagged']} of {r['negatives']} |")
     print("\nFalse-alarm rate per non-bird class at the stored threshold (worst 6 with any):")
     for r in table:
-        worst = [f"{c} {100 * f['rate']:.1f}% ({f['flagged']}/{f['n']})" for c, f in r["false_alarms"].items() if f["flagged"]][:6]
+        worst = [f"{c} {100 * f['rate']:.1f}% ({f['flagged']}/{f['n']})"
+                 for c, f in r["false_alarms"].items() if f["flagged"]][:6]
         print(f"  {r['model']:<11}{r['set']:<13}{', '.join(worst) or 'none'}")
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1) + "\n")

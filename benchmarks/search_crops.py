@@ -46,7 +46,8 @@ def build(root: Path, n: int, seed: int = 0) -> None:
             d.mkdir(parents=True)
             for i, obj in enumerate(objs):
                 im = rng.choice(scenes).copy()
-                im.paste(obj.resize((s, s), Image.Resampling.BICUBIC), (rng.randrange(0, 641 - s), rng.randrange(0, 481 - s)))
+                im.paste(obj.resize((s, s), Image.Resampling.BICUBIC),
+                         (rng.randrange(0, 641 - s), rng.randrange(0, 481 - s)))
                 im.save(d / f"{i:04d}.jpg", quality=90)
 
 
@@ -83,7 +84,8 @@ def main() -> None:
             for crops in (False, True):
                 m = measure(folder, model, crops)
                 label = "crops" if crops else "whole"
-                print(f"{name:34s} {label:6s} {m['ap']:6.3f} {m['recall']:7.3f} {m['fpr']:6.3f} {m['photos_per_s']:9.1f}")
+                print(f"{name:34s} {label:6s} {m['ap']:6.3f} {m['recall']:7.3f} {m['fpr']:6.3f} "
+                      f"{m['photos_per_s']:9.1f}")
                 key = name.split(" (")[0].replace(" ", "_").replace("%", "pct")
                 summary[f"{key}_{label}_ap"] = round(m["ap"], 4)
                 summary[f"{key}_{label}_recall"] = round(float(m["recall"]), 4)

@@ -48,7 +48,8 @@ def _sources(n_cifar: int, seed: int) -> tuple[list[Path], list[bytes]]:
     photos = sorted((SHARED / "photos").rglob("*.jpg"))
     rng = random.Random(seed)
     with tarfile.open(SHARED / "cifar10-jpeg.tar.gz") as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg") and m.name.split("/")[-3:-2] == ["test"]]
+        members = [m for m in tar.getmembers()
+                   if m.isfile() and m.name.endswith(".jpg") and m.name.split("/")[-3:-2] == ["test"]]
         # In archive order: a gzip stream only reads forwards quickly.
         cifar = [tar.extractfile(m).read() for m in sorted(rng.sample(members, n_cifar), key=lambda m: m.offset)]
     return photos, cifar
@@ -169,7 +170,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the collection (prints where)")
     args = ap.parse_args()
     facts = print_machine_facts()
-    print(f"load average before start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the machine slows every figure)")
+    print(f"load average before start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          "(other work on the machine slows every figure)")
     mix = ", ".join(f"{w}x{h} {int(s * 100)}%" for w, h, s in SIZES)
     print(f"photo sizes: {mix}")
 
@@ -188,8 +190,10 @@ def main() -> None:
 
         runs = {}
         for name, folder in (("half", root / "part1"), ("all", root)):
-            r = runs[f"{name}_memory"] = run_search(folder, args.model, args.workers, root / f"{name}.jsonl", sample_memory=True)
-            print(f"(b) memory: birdcnn search on {r['photos']} photos: peak {r['peak_pss_mb']:.0f} MB (all processes, PSS)")
+            r = runs[f"{name}_memory"] = run_search(folder, args.model, args.workers, root / f"{name}.jsonl",
+                                                    sample_memory=True)
+            print(f"(b) memory: birdcnn search on {r['photos']} photos: peak {r['peak_pss_mb']:.0f} MB "
+                  "(all processes, PSS)")
         for name, extra in (("all", ()), ("no_tta", ("--no-tta",))):
             r = runs[name] = run_search(root, args.model, args.workers, root / f"{name}_speed.jsonl", extra)
             print(f"(b) speed: birdcnn search {' '.join(extra) + ' ' if extra else ''}on {r['photos']} photos: "
@@ -203,14 +207,15 @@ def main() -> None:
               f"peak memory {runs['half_memory']['photos']} -> {runs['all_memory']['photos']} photos: "
               f"{half_mb:.0f} -> {all_mb:.0f} MB ({growth:.2f}x)")
         rate = runs["all"]["steady_photos_per_s"]
-        print(f"targets: >= 200 photos/s {'met' if rate >= 200 else 'NOT met'}, >= 5x naive {'met' if ratio >= 5 else 'NOT met'}, "
+        print(f"targets: >= 200 photos/s {'met' if rate >= 200 else 'NOT met'}, "
+              f">= 5x naive {'met' if ratio >= 5 else 'NOT met'}, "
               f"memory flat {'yes' if growth < 1.15 else 'NO'}; load average now {os.getloadavg()[0]:.2f}")
-        print_summary({"benchmark": "search_speed", "photos": runs["all"]["photos"], "naive_photos_per_s": round(naive, 1),
-                       "search_photos_per_s": round(rate, 1),
+        print_summary({"benchmark": "search_speed", "photos": runs["all"]["photos"],
+                       "naive_photos_per_s": round(naive, 1), "search_photos_per_s": round(rate, 1),
                        "search_end_to_end_photos_per_s": round(runs["all"]["photos_per_s"], 1),
                        "search_no_tta_photos_per_s": round(runs["no_tta"]["steady_photos_per_s"], 1),
-                       "speedup": round(ratio, 2), "peak_mb_half": round(half_mb), "peak_mb_all": round(all_mb), "arch": model.meta["arch"],
-                       "load_average": round(os.getloadavg()[0], 2), **facts})
+                       "speedup": round(ratio, 2), "peak_mb_half": round(half_mb), "peak_mb_all": round(all_mb),
+                       "arch": model.meta["arch"], "load_average": round(os.getloadavg()[0], 2), **facts})
     finally:
         if args.keep:
             print(f"kept {root}")

@@ -41,7 +41,8 @@ def main() -> None:
                 reached[t] = seconds
 
     with tempfile.TemporaryDirectory() as tmp:
-        train(TrainConfig(data=args.data, arch=args.arch, epochs=args.epochs, seed=args.seed, out=tmp), on_epoch=on_epoch)
+        train(TrainConfig(data=args.data, arch=args.arch, epochs=args.epochs, seed=args.seed, out=tmp),
+              on_epoch=on_epoch)
     for t in TARGETS:
         when = f"{reached[t]:.0f} s ({reached[t] / 60:.1f} min)" if t in reached else "not reached"
         print(f"time to {t:.0%} test accuracy: {when}")

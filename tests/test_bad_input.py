@@ -337,8 +337,9 @@ CASES = {
             "(found only 4 .heic (install birdcnn[heif] to read HEIC))")}),
     # 14: an archive without class folders of images is named as given, not as its copy in the cache
     "14 train: .tar.gz of loose photos": Case(
-        lambda t, p: ["train", "--data", archive(t, "loose.tar.gz", {"photos/a.jpg": (p / "bird" / "cock.jpg").read_bytes(),
-                                                                     "photos/b.jpg": (p / "bird" / "crane.jpg").read_bytes()})],
+        lambda t, p: ["train", "--data", archive(t, "loose.tar.gz", {
+            "photos/a.jpg": (p / "bird" / "cock.jpg").read_bytes(),
+            "photos/b.jpg": (p / "bird" / "crane.jpg").read_bytes()})],
         2, "error: loose.tar.gz: no class folders inside"),
     "14 evaluate: .tar.gz of class folders without images": Case(
         lambda t, p: ["evaluate", "--data", archive(t, "notes.tar.gz", {"bird/a.txt": b"a", "bird/b.txt": b"b",
@@ -442,7 +443,8 @@ BAD_METADATA = {
     "classes: one fewer than the outputs": ({"classes": SHIPPED_CLASSES[:-1]},
                                             f"'classes' names {len(SHIPPED_CLASSES) - 1} classes but the weights have "
                                             f"{len(SHIPPED_CLASSES)} outputs"),
-    "classes repeated": ({"classes": ["bird"] * len(SHIPPED_CLASSES)}, "'classes' must be a list of two or more different class names"),
+    "classes repeated": ({"classes": ["bird"] * len(SHIPPED_CLASSES)},
+                         "'classes' must be a list of two or more different class names"),
     "arch unknown": ({"arch": "resnet"}, "'arch' must be one of the known architectures"),
     "arch_kwargs not an object": ({"arch_kwargs": [1]}, "'arch_kwargs' must be"),
     "input_size too small for the network": ({"input_size": 4}, "'input_size' 4 does not fit the network"),

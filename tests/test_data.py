@@ -94,7 +94,8 @@ def test_any_suffix_pillow_reads_and_other_files_counted(cifar_small, tmp_path):
     listing = D.scan_class_folder(tmp_path / "data")
     names = [p.name for p, _ in listing.files]
     assert names == (["a.ppm", "b.pgm", "c.heic"] if HEIF_PLUGIN else ["a.ppm", "b.pgm"])
-    assert dict(listing.other.counts) == {".txt": 3, "(no suffix)": 1, ".pdf": 1, **({} if HEIF_PLUGIN else {".heic": 1})}
+    assert dict(listing.other.counts) == {".txt": 3, "(no suffix)": 1, ".pdf": 1,
+                                          **({} if HEIF_PLUGIN else {".heic": 1})}
     assert str(listing.other) == ("3 .txt, 1 (no suffix), 1 .pdf" if HEIF_PLUGIN else
                                   "3 .txt, 1 (no suffix), 1 .heic (install birdcnn[heif] to read HEIC), 1 .pdf")
     assert D.list_class_folder(tmp_path / "data") == (listing.classes, listing.files)
@@ -195,7 +196,8 @@ def write_official_cifar(cifar_small: Path, root: Path, batch_transform=None) ->
     folder.mkdir(parents=True)
     expected = {}
     rng = np.random.default_rng(0)
-    for split, names, per_class in (("train", [f"data_batch_{i}" for i in range(1, 6)], 6), ("test", ["test_batch"], 4)):
+    for split, names, per_class in (("train", [f"data_batch_{i}" for i in range(1, 6)], 6),
+                                    ("test", ["test_batch"], 4)):
         images, labels = [], []
         for b, name in enumerate(names):
             files = [(p, y) for y, c in enumerate(CLASSES)

@@ -20,7 +20,8 @@ from birdcnn.modelfile import load_model
 
 BIRD_KEYS = {"accuracy", "balanced_accuracy", "precision", "recall", "f1", "average_precision", "roc_auc",
              "tp", "tn", "fp", "fn", "ece"}
-PICTURES = ["pr_curve", "roc_curve", "confusion_bird", "reliability", "gallery_tp", "gallery_tn", "gallery_fp", "gallery_fn"]
+PICTURES = ["pr_curve", "roc_curve", "confusion_bird", "reliability",
+            "gallery_tp", "gallery_tn", "gallery_fp", "gallery_fn"]
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -130,7 +131,8 @@ def test_human_table(cifar_small, tiny_model, tmp_path, capsys):
 
 
 def test_threshold_and_targets(cifar_small, tiny_model, tmp_path, capsys):
-    code, out, _ = cli(capsys, "--data", cifar_small, "--model", tiny_model, "--out", tmp_path / "a", "--json", "--threshold", "0.3")
+    code, out, _ = cli(capsys, "--data", cifar_small, "--model", tiny_model, "--out", tmp_path / "a", "--json",
+                       "--threshold", "0.3")
     res = json.loads(out)
     assert code == 0 and res["threshold"] == 0.3 and "--threshold" in res["threshold_rule"]
     assert {k: v for k, v in res.items() if k != "out"} == json.loads((tmp_path / "a" / "metrics.json").read_text())
@@ -139,7 +141,8 @@ def test_threshold_and_targets(cifar_small, tiny_model, tmp_path, capsys):
     p = model.probabilities(test.images)[:, model.positive_index]
     assert res["bird"]["tp"] + res["bird"]["fp"] == int((p >= 0.3).sum())
 
-    code, out, _ = cli(capsys, "--data", cifar_small, "--model", tiny_model, "--out", tmp_path / "b", "--json", "--target-recall", "0.5")
+    code, out, _ = cli(capsys, "--data", cifar_small, "--model", tiny_model, "--out", tmp_path / "b", "--json",
+                       "--target-recall", "0.5")
     res = json.loads(out)
     assert code == 0 and res["bird"]["recall"] >= 0.5
     assert res["target"] == {"recall": 0.5, "threshold": res["threshold"]}
@@ -204,7 +207,8 @@ def test_large_photos_are_shown_at_gallery_resolution(photos, tiny_model, tmp_pa
     the 32 px model input does not have (not blocks of 4x4 equal pixels)."""
     model = load_model(tiny_model)
     ev = E.evaluate(model, str(photos), gallery_size=4)
-    assert ev.n == len(list(photos.rglob("*.jpg"))) and ev.bird["positives"] == len(list((photos / "bird").glob("*.jpg")))
+    assert (ev.n == len(list(photos.rglob("*.jpg")))
+            and ev.bird["positives"] == len(list((photos / "bird").glob("*.jpg"))))
     from birdcnn.report import TILE, _tile, write_report
     g = next(g for g in ev.galleries.values() if len(g.scores) and min(Image.open(g.paths[0]).size) >= TILE)
     t = np.asarray(_tile(g.images[0], g.paths[0], TILE), np.int16)
@@ -232,7 +236,8 @@ def test_extremes_keeps_the_top_k_of_a_stream():
     for highest in (True, False):
         top = E.Extremes(10, highest, 2)
         for i in range(0, 500, 37):
-            top.add(scores[i:i + 37], images[i:i + 37], np.zeros(len(scores[i:i + 37]), np.int64), [str(j) for j in range(i, min(i + 37, 500))])
+            top.add(scores[i:i + 37], images[i:i + 37], np.zeros(len(scores[i:i + 37]), np.int64),
+                    [str(j) for j in range(i, min(i + 37, 500))])
         expected = np.argsort(-scores if highest else scores, kind="stable")[:10]
         assert top.paths == [str(j) for j in expected]
         assert np.array_equal(top.scores, scores[expected]) and np.array_equal(top.images, images[expected])

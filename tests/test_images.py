@@ -13,7 +13,8 @@ from birdcnn.images import MAX_PIXELS, fit_square, is_image_path, load_for_model
 from conftest import PALETTE, png_header
 
 FORMAT_NAMES = ["photo.jpg", "photo.png", "photo.bmp", "photo.tiff", "photo.webp", "lossless.webp", "cmyk.jpg",
-                "gray.jpg", "gray.png", "palette.png", "photo.gif", "gray16.png", "rgba.png", "animated.gif", "exif6.jpg"]
+                "gray.jpg", "gray.png", "palette.png", "photo.gif", "gray16.png", "rgba.png", "animated.gif",
+                "exif6.jpg"]
 
 
 @pytest.mark.parametrize("name", FORMAT_NAMES)

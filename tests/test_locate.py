@@ -24,7 +24,8 @@ def model(tiny_model):
 def big_photo(tmp_path_factory, photos) -> Path:
     """A real 24 MP JPEG (a shared photo enlarged to 6000x4000)."""
     path = tmp_path_factory.mktemp("big") / "big.jpg"
-    Image.open(photos / "bird" / "magpie.jpg").convert("RGB").resize((6000, 4000), Image.Resampling.BILINEAR).save(path, quality=85)
+    (Image.open(photos / "bird" / "magpie.jpg").convert("RGB")
+     .resize((6000, 4000), Image.Resampling.BILINEAR).save(path, quality=85))
     return path
 
 
@@ -66,7 +67,8 @@ def test_small_and_huge_photos(model, cifar_small, big_photo):
         x0, y0, x1, y1 = b["box"]
         assert 0 <= x0 < x1 <= 6000 and 0 <= y0 < y1 <= 4000
     # Window sides are fractions of the photo's shorter side, in photo pixels.
-    assert [s["window_px"] for s in r.scales] == pytest.approx([0.8 * 4000, 0.5 * 4000, 0.33 * 4000, 0.22 * 4000, 0.15 * 4000], rel=0.02)
+    assert [s["window_px"] for s in r.scales] == pytest.approx(
+        [0.8 * 4000, 0.5 * 4000, 0.33 * 4000, 0.22 * 4000, 0.15 * 4000], rel=0.02)
 
 
 def test_boxes_are_in_photo_coordinates(model, photos):
@@ -129,7 +131,8 @@ def test_finds_a_pasted_bird(bird_model, cifar_small, photos, scene="television"
     scales = [0.5, 0.3, 0.2]  # around the bird's size: keeps the test fast
     found = locate(pasted, bird_model, scales=scales, min_probability=0)
     empty = locate(base, bird_model, scales=scales, min_probability=0)
-    iou = box_iou(torch.tensor([found.boxes[0]["box"]], dtype=torch.float), torch.tensor([[x, y, x + s, y + s]], dtype=torch.float))
+    iou = box_iou(torch.tensor([found.boxes[0]["box"]], dtype=torch.float),
+                  torch.tensor([[x, y, x + s, y + s]], dtype=torch.float))
     assert float(iou) >= 0.3, (found.boxes[0], (x, y, s))
     assert empty.max_probability < found.max_probability
     # The heat map is hottest around the bird.

@@ -99,7 +99,8 @@ def test_whitening_init_whitens_image_patches(arch, images):
     assert torch.allclose(cov.diagonal(), eigval / (eigval + 5e-4), atol=0.02)
     assert (cov - torch.diag(cov.diagonal())).abs().max() < 0.02
     big = eigval > 0.05  # the image-structure directions: whitened to unit variance
-    assert big.sum() >= 6 and torch.allclose(cov.diagonal()[big], torch.ones(int(big.sum()), dtype=torch.float64), atol=0.02)
+    assert big.sum() >= 6
+    assert torch.allclose(cov.diagonal()[big], torch.ones(int(big.sum()), dtype=torch.float64), atol=0.02)
     # ... while the raw patches are far from white (neighbouring pixels are strongly correlated).
     assert (raw_cov - torch.eye(12, dtype=torch.float64)).abs().max() > 0.5
 

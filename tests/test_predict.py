@@ -92,7 +92,8 @@ def test_human_output_is_one_line_per_photo(capsys, tiny_model, image_formats):
     assert code == 0 and err == "" and len(lines) == 3
     for line, path in zip(lines, paths):
         assert line.startswith(f"{path}: ")
-        assert re.fullmatch(r".*: (bird \(\d+\.\d%\)|not bird \(\d+\.\d% bird\)(  most like \w+ \(\d+\.\d%\))?)", line), line
+        assert re.fullmatch(r".*: (bird \(\d+\.\d%\)|not bird \(\d+\.\d% bird\)"
+                            r"(  most like \w+ \(\d+\.\d%\))?)", line), line
 
 
 def test_binary_model_json_has_no_top_classes(capsys, article_model, image_formats):

@@ -86,7 +86,8 @@ def test_search_json_finds_birds_and_reports_bad_files(collection, tiny_model, c
     # it ranks birds above non-birds on average (test_default_model_finds_birds: a real model).
     ranked = [m["path"] for m in res["matches"]]
     ranks = {p: i for i, p in enumerate(ranked)}
-    assert np.mean([ranks[p] for p in collection["birds"]]) < np.mean([ranks[p] for p in ranked if p not in collection["birds"]])
+    assert (np.mean([ranks[p] for p in collection["birds"]])
+            < np.mean([ranks[p] for p in ranked if p not in collection["birds"]]))
     for bad in collection["bad"]:
         assert f"birdcnn search: error: {bad}: " in err
     assert "Traceback" not in err
@@ -102,7 +103,8 @@ def test_default_threshold_and_text_output(collection, tiny_model, capsys):
 
 def test_other_class_and_unknown_class(collection, tiny_model, capsys):
     model = load_model(tiny_model)
-    r = search(collection["root"] / "2024" / "misc" / "deeper", model, target="airplane", min_probability=0.0, workers=0)
+    r = search(collection["root"] / "2024" / "misc" / "deeper", model, target="airplane", min_probability=0.0,
+               workers=0)
     assert r.target == "airplane" and len(r.matches) == len(OTHERS) * 4
     assert model.tta == "flip-translate"  # search averages only the mirror pair, for speed
     x = np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in r.matches])
@@ -112,7 +114,8 @@ def test_other_class_and_unknown_class(collection, tiny_model, capsys):
     x = np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in once.matches])
     expected = torch.softmax(model.logits(x, tta="none") / model.temperature, 1)[:, model.positive_index]
     assert [p for _, p in once.matches] == pytest.approx(expected.tolist(), abs=1e-5)
-    code, out, err = run_cli(["search", str(collection["root"]), "--model", str(tiny_model), "--for", "pelican"], capsys)
+    code, out, err = run_cli(["search", str(collection["root"]), "--model", str(tiny_model), "--for", "pelican"],
+                             capsys)
     assert code == 2 and err.count("\n") == 1 and "no class 'pelican'" in err and "airplane" in err
 
 

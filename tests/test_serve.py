@@ -214,7 +214,8 @@ def test_cli_refuses_a_busy_port(capsys):
 @pytest.fixture(scope="module")
 def browser():
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.skip(f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)")
+        pytest.skip(f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER} "
+                    "(apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -15,7 +15,8 @@ from birdcnn.cli import main
 from birdcnn.errors import DataError
 
 METHODS = [("dense", "centred"), ("dense + sliding window", "centred"), ("dense", "shifted (synthetic)"),
-           ("bigger dense", "shifted (synthetic)"), ("conv + pooling", "centred"), ("conv + pooling", "shifted (synthetic)")]
+           ("bigger dense", "shifted (synthetic)"), ("conv + pooling", "centred"),
+           ("conv + pooling", "shifted (synthetic)")]
 
 
 @pytest.fixture(scope="module")
