@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("birdcnn.search", "search a folder of photos (recursively) for birds or any class"),
     "locate": ("birdcnn.locate", "find where the bird is in a photo: sliding-window heat map and boxes"),
     "explain": ("birdcnn.explain", "show, step by step, what the network sees in one photo"),
+    "export": ("birdcnn.export",
+               "the network as an ONNX (float32 or int8) or TorchScript file, checked on real images"),
     "serve": ("birdcnn.serve", "a web page and a JSON API for photos (FastAPI + uvicorn, 127.0.0.1:8000)"),
     "augment-preview": ("birdcnn.augment_preview", "a grid of the synthetic training versions of one image"),
     "experiment": ("birdcnn.experiment_cli", "reproducible experiments (tunnel-vision: why convolutions)"),

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from .atomic import write_bytes, write_text
-from .errors import ModelFileError
+from .errors import BirdcnnError, ModelFileError
 from .models import ARCHITECTURES, build
 
 FORMAT = "birdcnn-model"
@@ -117,18 +117,24 @@ def read_metadata(path: str | Path) -> dict:
         raise ModelFileError(json_path, f"not a birdcnn model file (invalid JSON: {e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(json_path, "not a birdcnn model file (no 'format: birdcnn-model')")
+    return check_metadata(meta, json_path)
+
+
+def check_metadata(meta: dict, where: str | Path) -> dict:
+    """`meta` with every field the code uses checked (type and range), or `ModelFileError` naming
+    `where`: shared by model files and exports (`backends`), whose metadata say the same things."""
     for key in _REQUIRED:
         if key not in meta:
-            raise ModelFileError(json_path, f"metadata lacks {key!r}")
+            raise ModelFileError(where, f"metadata lacks {key!r}")
     for key, (ok, expected) in _FIELDS.items():
         if key in meta and not ok(meta[key]):
-            raise ModelFileError(json_path, f"metadata {key!r} must be {expected}, not {_short(meta[key])}")
+            raise ModelFileError(where, f"metadata {key!r} must be {expected}, not {_short(meta[key])}")
     if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelFileError(json_path, f"made by a newer birdcnn (format {meta['format_version']})")
+        raise ModelFileError(where, f"made by a newer birdcnn (format {meta['format_version']})")
     if meta["positive"] not in meta["classes"]:
-        raise ModelFileError(json_path, f"positive class {meta['positive']!r} is not among the model's classes")
+        raise ModelFileError(where, f"positive class {meta['positive']!r} is not among the model's classes")
     if meta.get("tta", "none") not in TTA_MODES:
-        raise ModelFileError(json_path, f"unknown test-time augmentation {_short(meta['tta'])} (known: {', '.join(TTA_MODES)})")
+        raise ModelFileError(where, f"unknown test-time augmentation {_short(meta['tta'])} (known: {', '.join(TTA_MODES)})")
     return meta
 
 
@@ -152,8 +158,23 @@ def _load_weights(net: torch.nn.Module, state: dict, meta: dict, json_path: Path
         raise ModelFileError(json_path, f"the network gives outputs of shape {tuple(out.shape)} for one image, not {n} class scores")
 
 
-def load_model(path: str | Path | None = None, device: str | torch.device | None = None) -> "Classifier":
-    """Load a model (default: the one shipped in the package) as a ready-to-use `Classifier`."""
+def load_model(path: str | Path | None = None, device: str | torch.device | None = None,
+               backend: str | None = None) -> "Classifier":
+    """Load a model (default: the one shipped in the package) as a ready-to-use `Classifier`.
+
+    `backend` runs the network: "torch" (a .json/.safetensors pair or a run folder) or
+    "onnxruntime" (an .onnx file made by `birdcnn export`, see `backends`); None: by the file.
+    Either way the same `Classifier` methods give the probabilities and decisions.
+    """
+    from .backends import BACKENDS, load_onnx, onnx_export
+
+    if backend not in (None, *BACKENDS):
+        raise BirdcnnError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+    exported = onnx_export(path) if path is not None else None
+    if backend == "onnxruntime" or (backend is None and exported):
+        return load_onnx(path or default_model_path(), device)
+    if exported:
+        raise ModelFileError(exported, "an ONNX export runs with the onnxruntime backend (--backend onnxruntime), not torch")
     json_path, st_path = _model_paths(path or default_model_path())
     meta = read_metadata(json_path)
     try:
@@ -175,18 +196,24 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """A torch device from a name ("auto"/None: CUDA, then MPS, then the CPU); see `devices.check_device`."""
+    from .devices import check_device
+
+    return device if isinstance(device, torch.device) else check_device(device)
 
 
 class Classifier:
     """A trained network plus everything needed to turn uint8 images into calibrated probabilities."""
 
     def __init__(self, net: torch.nn.Module, meta: dict, device: str | torch.device | None = None):
+        self._use_metadata(meta, device)
+        self.net = net.to(self.device).to(memory_format=torch.channels_last).eval()
+
+    def _use_metadata(self, meta: dict, device: str | torch.device | None) -> None:
+        """Everything but the network: classes, normalisation, views, temperature, thresholds.
+        A subclass that computes logits another way (`backends.OnnxClassifier`) calls this alone."""
         self.meta = meta
         self.device = pick_device(device)
-        self.net = net.to(self.device).to(memory_format=torch.channels_last).eval()
         self.classes: list[str] = list(meta["classes"])
         self.positive: str = meta["positive"]
         self.positive_index: int = self.classes.index(self.positive)
@@ -212,8 +239,13 @@ class Classifier:
         # bf16 on CPU: ~2x faster; measured to change test accuracy by < 0.05% (docs/RESULTS.md).
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16 and self.device.type in ("cpu", "cuda"))
 
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's float32 logits for a batch from `prepare`: the one step a backend replaces."""
+        with self._autocast():
+            return self.net(x).float()
+
     def _mirrored(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (self.net(x).float() + self.net(x.flip(-1)).float())
+        return 0.5 * (self._forward(x) + self._forward(x.flip(-1)))
 
     @torch.no_grad()
     def logits(self, images: np.ndarray | torch.Tensor, batch_size: int = 500, tta: str | None = None) -> torch.Tensor:
@@ -225,16 +257,12 @@ class Classifier:
         out = []
         for i in range(0, len(images), batch_size):
             x = self.prepare(images[i:i + batch_size])
-            with self._autocast():
-                if tta == "none":
-                    y = self.net(x).float()
-                else:
-                    y = self._mirrored(x)
-                if tta == "flip-translate":
-                    # airbench's 6-view TTA: also the image moved one pixel up-left and down-right.
-                    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
-                    h, w = x.shape[-2:]
-                    y = 0.5 * y + 0.25 * (self._mirrored(p[..., :h, :w]) + self._mirrored(p[..., 2:, 2:]))
+            y = self._forward(x) if tta == "none" else self._mirrored(x)
+            if tta == "flip-translate":
+                # airbench's 6-view TTA: also the image moved one pixel up-left and down-right.
+                p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+                h, w = x.shape[-2:]
+                y = 0.5 * y + 0.25 * (self._mirrored(p[..., :h, :w]) + self._mirrored(p[..., 2:, 2:]))
             out.append(y)
         if not out:
             return torch.empty(0, len(self.classes))
@@ -247,7 +275,6 @@ class Classifier:
     def class_indices(self, words: str | None) -> list[int]:
         """The classes named by `words` ("cat,dog"; default: the positive class), matched as
         training merged names ('car' is 'automobile'); an unknown word is a one-line error."""
-        from .errors import BirdcnnError
         from .sources import canonical_class
 
         names = [w for w in (words or self.positive).split(",") if w.strip()]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends import BACKENDS
 from .errors import BirdcnnError, ImageError, display_path
 from .images import is_image_path, load_for_model
 from .modelfile import Classifier, load_model
@@ -70,7 +71,10 @@ def expand_inputs(items: list[str]) -> list[Path | ImageError]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGE", help="photos (JPEG, PNG, WebP, GIF, BMP, TIFF) or folders of them")
     p.add_argument("--samples", action="store_true", help="classify the sample images shipped with birdcnn")
-    p.add_argument("--model", help="model file (.json/.safetensors or a run folder; default: the shipped model)")
+    p.add_argument("--model", help="model file (.json/.safetensors or a run folder, or an .onnx made by 'birdcnn export'; "
+                                   "default: the shipped model)")
+    p.add_argument("--backend", choices=BACKENDS, help="what runs the network: torch, or onnxruntime for an .onnx "
+                                                       "export (default: by the model file)")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of lines")
 
 
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     items = list(args.images) + ([str(s) for s in sample_images()] if args.samples else [])
     if not items:
         raise BirdcnnError("no images given (pass IMAGE paths, or --samples)")
-    model = load_model(args.model)
+    model = load_model(args.model, backend=args.backend)
     inputs = expand_inputs(items)
     found = iter(classify([p for p in inputs if isinstance(p, Path)], model))
     records = [next(found) if isinstance(p, Path) else {"path": p.path, "error": p.problem} for p in inputs]

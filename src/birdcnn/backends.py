@@ -1,0 +1,147 @@
+"""Running a model with another engine than torch: `OnnxClassifier`, whose logits come from onnxruntime.
+
+An export made by `birdcnn export --format onnx` is one ``NAME.onnx`` file carrying the model's
+metadata (ONNX metadata_props, key ``birdcnn``: JSON), with ``NAME.onnx.json`` beside it holding
+the same metadata plus the .onnx file's sha256 and the export check. The network inside takes
+float32 NCHW images already normalised and gives logits; everything around it (decoding,
+normalisation, test-time views, temperature, thresholds, class words) is `Classifier`'s, shared
+with the torch backend, so both give the same records. Nothing is ever unpickled: ONNX is protobuf.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .errors import BirdcnnError, ModelFileError
+from .modelfile import Classifier, check_metadata
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+BACKENDS = ("torch", "onnxruntime")
+EXPORT_FORMAT = "birdcnn-export"
+METADATA_KEY = "birdcnn"  # the ONNX metadata_props entry (and TorchScript extra file "birdcnn.json")
+
+
+def sidecar(path: str | Path) -> Path:
+    """The metadata file written beside an export: NAME.onnx -> NAME.onnx.json. Not NAME.json,
+    which would overwrite the metadata of a torch model NAME.json/NAME.safetensors in the same folder."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def onnx_export(path: str | Path) -> Path | None:
+    """The .onnx file that `path` names (NAME.onnx, its NAME.onnx.json, or a folder holding one
+    .onnx file and no torch model.json), or None when `path` names a torch model."""
+    p = Path(path).expanduser()
+    if p.name.endswith(".onnx.json"):
+        return p.with_name(p.name[: -len(".json")])
+    if p.suffix == ".onnx":
+        return p
+    try:
+        found = sorted(p.glob("*.onnx")) if p.is_dir() and not (p / "model.json").exists() else []
+    except (OSError, ValueError):  # a name the system refuses: the torch loader says why
+        return None
+    return found[0] if len(found) == 1 else None
+
+
+def _first_line(e: Exception) -> str:
+    """onnxruntime's message without its "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : " prefix, on one line."""
+    text = " ".join(str(e).split())
+    return text.rsplit(" : ", 1)[-1][:200]
+
+
+def read_export_metadata(text: str, where: Path) -> dict:
+    """The birdcnn metadata of an export (its JSON text), checked like a model file's."""
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelFileError(where, f"birdcnn metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise ModelFileError(where, f"not a birdcnn export (no 'format: {EXPORT_FORMAT}' in its metadata)")
+    return check_metadata(meta, where)
+
+
+def _check_sidecar(path: Path, data: bytes) -> None:
+    """When NAME.onnx.json is beside the file, the file must be the one it describes (sha256)."""
+    side = sidecar(path)
+    if not side.is_file():
+        return  # the export is usable alone: its metadata is inside it
+    try:
+        recorded = json.loads(side.read_text(encoding="utf-8")).get("file_sha256")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise ModelFileError(side, f"cannot read the export's metadata ({e})") from None
+    if recorded and hashlib.sha256(data).hexdigest() != recorded:
+        raise ModelFileError(path, f"does not match {side.name} (sha256 differs): tampered, truncated or mismatched file")
+
+
+def onnx_session(data: bytes, where: Path) -> onnxruntime.InferenceSession:
+    """An onnxruntime CPU session for ONNX bytes, or `ModelFileError` naming `where`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings (e.g. unused initialisers) are not the user's business
+    try:
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors (InvalidProtobuf, Fail, ...) share no base class
+        raise ModelFileError(where, f"not a valid ONNX model ({_first_line(e)})") from None
+
+
+class OnnxClassifier(Classifier):
+    """A `Classifier` whose network runs in onnxruntime (CPUExecutionProvider). Only `_forward`
+    differs: the test-time views, temperature and decisions are the torch backend's own code."""
+
+    def __init__(self, session: onnxruntime.InferenceSession, meta: dict):
+        self._use_metadata(meta, "cpu")
+        self.session = session
+        self.input_name: str = session.get_inputs()[0].name
+        self.bf16 = False  # nothing to autocast: the export's precision is fixed in the file
+
+    @property
+    def net(self) -> torch.nn.Module:
+        raise BirdcnnError("an ONNX export holds no torch network: this needs the model's .json/.safetensors")
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        # prepare() gives channels_last; onnxruntime reads C-contiguous NCHW.
+        out = self.session.run(None, {self.input_name: x.contiguous().numpy()})[0]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+
+def _check_io(clf: OnnxClassifier, path: Path) -> None:
+    """Refuse an export whose network does not take this input size or give one score per class."""
+    n, size = len(clf.classes), clf.input_size
+    try:
+        out = clf._forward(torch.zeros(1, 3, size, size))
+    except Exception as e:  # noqa: BLE001 - onnxruntime's errors share no base class
+        raise ModelFileError(path, f"the network does not take {size} x {size} images ({_first_line(e)})") from None
+    if tuple(out.shape) != (1, n):
+        raise ModelFileError(path, f"the network gives outputs of shape {tuple(out.shape)} for one image, not {n} class scores")
+
+
+def load_onnx(path: str | Path, device: str | torch.device | None = None) -> OnnxClassifier:
+    """Load an ONNX export (NAME.onnx, NAME.onnx.json or a folder holding one) as a `Classifier`."""
+    if device is not None and torch.device(device).type != "cpu":
+        raise BirdcnnError(f"the onnxruntime backend runs on the CPU only, not {device}")
+    onnx_path = onnx_export(path)
+    if onnx_path is None:
+        raise ModelFileError(path, "not an ONNX export; the onnxruntime backend runs an .onnx file made by "
+                                   "'birdcnn export MODEL --format onnx'")
+    try:
+        data = onnx_path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        raise ModelFileError(onnx_path, "no such file") from None
+    except OSError as e:
+        raise ModelFileError(onnx_path, f"cannot read ({e.strerror or e})") from None
+    _check_sidecar(onnx_path, data)
+    session = onnx_session(data, onnx_path)
+    embedded = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if embedded is None:
+        raise ModelFileError(onnx_path, "an ONNX model without birdcnn metadata (not made by 'birdcnn export')")
+    clf = OnnxClassifier(session, read_export_metadata(embedded, onnx_path))
+    _check_io(clf, onnx_path)
+    return clf
