@@ -107,6 +107,11 @@ def test_onnx_export_works_without_its_json(shipped_onnx, tmp_path, real_images)
     # Named by its .json, or by the folder holding it (runs/export-DATE), it is the same export.
     for other in (sidecar(shipped_onnx), shipped_onnx.parent):
         assert load_model(other).meta == clf.meta
+    # In a run folder beside the torch model: the folder is the torch model, unless onnxruntime is asked for.
+    save_model(build("tiny", 2), {"arch": "tiny", "classes": ["not_bird", "bird"], "positive": "bird",
+                                  "input_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}, tmp_path / "model")
+    assert not isinstance(load_model(tmp_path), OnnxClassifier)
+    assert load_model(tmp_path, backend="onnxruntime").meta == clf.meta
 
 
 @pytest.mark.parametrize("arch", ["tiny", "article"])

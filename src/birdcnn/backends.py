@@ -35,16 +35,17 @@ def sidecar(path: str | Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def onnx_export(path: str | Path) -> Path | None:
+def onnx_export(path: str | Path, asked: bool = False) -> Path | None:
     """The .onnx file that `path` names (NAME.onnx, its NAME.onnx.json, or a folder holding one
-    .onnx file and no torch model.json), or None when `path` names a torch model."""
+    .onnx file and, unless the onnxruntime backend was `asked` for, no torch model.json), or None
+    when `path` names a torch model."""
     p = Path(path).expanduser()
     if p.name.endswith(".onnx.json"):
         return p.with_name(p.name[: -len(".json")])
     if p.suffix == ".onnx":
         return p
     try:
-        found = sorted(p.glob("*.onnx")) if p.is_dir() and not (p / "model.json").exists() else []
+        found = sorted(p.glob("*.onnx")) if p.is_dir() and (asked or not (p / "model.json").exists()) else []
     except (OSError, ValueError):  # a name the system refuses: the torch loader says why
         return None
     return found[0] if len(found) == 1 else None
@@ -127,7 +128,7 @@ def load_onnx(path: str | Path, device: str | torch.device | None = None) -> Onn
     """Load an ONNX export (NAME.onnx, NAME.onnx.json or a folder holding one) as a `Classifier`."""
     if device is not None and torch.device(device).type != "cpu":
         raise BirdcnnError(f"the onnxruntime backend runs on the CPU only, not {device}")
-    onnx_path = onnx_export(path)
+    onnx_path = onnx_export(path, asked=True)
     if onnx_path is None:
         raise ModelFileError(path, "not an ONNX export; the onnxruntime backend runs an .onnx file made by "
                                    "'birdcnn export MODEL --format onnx'")
