@@ -16,7 +16,7 @@ from birdcnn.augment import GREY_WEIGHTS, PhotoViews, colour_jitter
 from birdcnn.cli import main
 from birdcnn.data import load_split, split_validation
 from birdcnn.modelfile import load_model
-from birdcnn.train import choose_threshold, restricted_argmax
+from birdcnn.calibrate import choose_threshold, restricted_argmax
 
 DOGS = ["american_staffordshire_terrier", "brittany_spaniel", "bull_mastiff", "entlebucher", "norwegian_elkhound"]
 

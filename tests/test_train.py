@@ -245,3 +245,41 @@ def test_lookahead_pulls_weights_and_batchnorm_statistics_towards_their_average(
         else:
             assert torch.equal(now[k], v), k  # integer counters are left alone
     assert any("running_mean" in k for k in la.avg)
+
+
+def test_learning_rate_schedule_warms_up_then_decays():
+    from birdcnn.train import lr_factor
+
+    total = 100
+    f = [lr_factor(s, total, "sgd") for s in range(total + 1)]
+    assert f[0] == pytest.approx(0.2) and max(f) == pytest.approx(1.0) and f[total] == pytest.approx(0.07)
+    assert f.index(max(f)) == 23  # the peak after 23% of the steps
+    assert all(a < b for a, b in zip(f[:23], f[1:24])) and all(a > b for a, b in zip(f[23:], f[24:]))
+    assert {lr_factor(s, total, "adam") for s in range(total)} == {1.0}  # the article's Adam: constant
+
+
+def test_optimizer_groups_follow_the_network_roles():
+    """FastNet's BatchNorm shifts learn at bias_scaler x the rate, its whitening bias only for the first
+    epochs, its frozen whitening filters not at all; every trainable parameter is in exactly one group."""
+    from birdcnn.models import WHITENING_BIAS_EPOCHS, build
+    from birdcnn.train import TrainConfig, make_optimizer, set_learning_rates
+
+    cfg = TrainConfig(data="unused").resolved()
+    net = build("fast", 10)
+    opt = make_optimizer(net, cfg)
+    grouped = [p for g in opt.param_groups for p in g["params"]]
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
+    assert all(p is not net[0].weight for p in grouped)
+    norm, bias, rest = opt.param_groups
+    assert norm["initial_lr"] == pytest.approx(rest["initial_lr"] * cfg.recipe["bias_scaler"])
+    assert bias["params"] == [net[0].bias] and bias["until_epoch"] == WHITENING_BIAS_EPOCHS
+    set_learning_rates(opt, 50, 100, WHITENING_BIAS_EPOCHS - 1, "sgd")
+    assert bias["lr"] == pytest.approx(rest["lr"]) and rest["lr"] > 0
+    set_learning_rates(opt, 50, 100, WHITENING_BIAS_EPOCHS, "sgd")
+    assert bias["lr"] == 0.0 and rest["lr"] > 0
+    # With lr 0 the bias stays put through a real SGD step (momentum and weight decay included).
+    before = net[0].bias.detach().clone()
+    net(torch.randn(8, 3, 32, 32)).sum().backward()
+    opt.step()
+    assert torch.equal(net[0].bias.detach(), before)

@@ -92,6 +92,9 @@ class Scale(nn.Module):
         return x * self.factor
 
 
+WHITENING_BIAS_EPOCHS = 3  # airbench: the first layer's bias learns for 3 epochs, then stays put
+
+
 class FastNet(nn.Sequential):
     """whiten (2x2 conv, frozen) -> 3 x [conv-pool-BN-GELU-conv-BN-GELU] -> max-pool -> linear."""
 
@@ -110,6 +113,15 @@ class FastNet(nn.Sequential):
         )
         self[0].weight.requires_grad = False
         nn.init.zeros_(self[0].bias)
+
+    def parameter_groups(self) -> list[dict]:
+        """The parameters by training role (read by `train.make_optimizer`): BatchNorm shifts, which
+        airbench trains at a higher learning rate; the whitening bias, trained for the first
+        `WHITENING_BIAS_EPOCHS` epochs only (its filters stay frozen); and the other weights."""
+        norm = [p for m in self.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters() if p.requires_grad]
+        rest = [p for p in self.parameters() if p.requires_grad and all(p is not q for q in norm + [self[0].bias])]
+        return [dict(params=norm, role="norm"), dict(params=[self[0].bias], role="weights", until_epoch=WHITENING_BIAS_EPOCHS),
+                dict(params=rest, role="weights")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The whitening layer runs in float32 even under bf16 autocast: its filters scale the

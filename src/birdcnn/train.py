@@ -12,24 +12,26 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data as D
+from . import distributed
 from . import sources as S
 from .atomic import save_figure, write_atomic, write_text
 from .augment import Augment, PhotoViews, alternating_flip
+from .calibrate import calibrate_and_measure
 from .errors import BirdcnnError, DataError, TrainingInterrupted
-from .metrics import binary_report, expected_calibration_error, fit_temperature, threshold_for_precision
 from .modelfile import Classifier, pick_device, save_model
-from .models import FastNet, build
+from .models import build
 from .runs import default_run_dir
 
 # Each architecture's recipe; any CLI flag overrides its entry.
@@ -74,20 +76,19 @@ class TrainConfig:
     recipe: dict = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
+        """A copy with the architecture's recipe filled in: `recipe`, `augment` (the recipe's,
+        with this config's overrides) and every field left unset."""
         if self.arch not in RECIPES:
             raise BirdcnnError(f"unknown --arch {self.arch!r}; known: {', '.join(RECIPES)}")
         r = dict(RECIPES[self.arch])
         aug = {**r.pop("augment"), **(self.augment or {})}
-        for key in ("classes", "epochs", "batch_size", "lr", "label_smoothing"):
-            if getattr(self, key) is None:
-                setattr(self, key, r[key])
-        self.augment = aug
-        self.recipe = r
-        if self.classes not in ("all", "binary"):
-            raise BirdcnnError(f"--classes must be 'all' or 'binary', not {self.classes!r}")
-        if self.epochs <= 0 or self.batch_size <= 0:
+        unset = {k: r[k] for k in ("classes", "epochs", "batch_size", "lr", "label_smoothing") if getattr(self, k) is None}
+        cfg = replace(self, **unset, augment=aug, recipe=r)
+        if cfg.classes not in ("all", "binary"):
+            raise BirdcnnError(f"--classes must be 'all' or 'binary', not {cfg.classes!r}")
+        if cfg.epochs <= 0 or cfg.batch_size <= 0:
             raise BirdcnnError("--epochs and --batch-size must be positive")
-        return self
+        return cfg
 
 
 # ---------------------------------------------------------------- data preparation
@@ -114,6 +115,8 @@ def prepare_data(cfg: TrainConfig, size: int = 32) -> S.Mixed:
 # ---------------------------------------------------------------- optimisation
 
 def make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimizer. For SGD, parameter groups by role: a network that knows its roles
+    says so in `parameter_groups()` (FastNet); otherwise BatchNorm's parameters are "norm"."""
     r = cfg.recipe
     if r["optimizer"] == "adam":
         return torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
@@ -121,15 +124,19 @@ def make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimi
     momentum = r["momentum"]
     kilostep = 1024 * (1 + 1 / (1 - momentum))
     lr, wd = cfg.lr / kilostep, r["weight_decay"] * cfg.batch_size / kilostep
-    lr_biases = lr * r["bias_scaler"]
-    norm_biases = [p for n, p in net.named_parameters() if "norm" in n and p.requires_grad]
-    others = [p for n, p in net.named_parameters() if "norm" not in n and (p.requires_grad or n == "0.bias")]
-    # PyTorch multiplies weight decay by the lr: dividing by it makes the decay per step independent
-    # of the lr ("decoupled"), as airbench does.
-    groups = [dict(params=norm_biases, lr=lr_biases, weight_decay=wd / lr_biases),
-              dict(params=others, lr=lr, weight_decay=wd / lr)]
+    if hasattr(net, "parameter_groups"):
+        groups = net.parameter_groups()
+    else:
+        norm = [p for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for p in m.parameters()]
+        groups = [dict(params=[p for p in norm if p.requires_grad], role="norm"),
+                  dict(params=[p for p in net.parameters() if p.requires_grad and all(p is not q for q in norm)],
+                       role="weights")]
+    groups = [g for g in groups if g["params"]]
     for g in groups:
-        g["initial_lr"] = g["lr"]
+        g["initial_lr"] = lr * r["bias_scaler"] if g.pop("role") == "norm" else lr
+        # PyTorch multiplies weight decay by the lr: dividing by it makes the decay per step independent
+        # of the lr ("decoupled"), as airbench does.
+        g.update(lr=g["initial_lr"], weight_decay=wd / g["initial_lr"])
     return torch.optim.SGD(groups, momentum=momentum, nesterov=True)
 
 
@@ -141,6 +148,15 @@ def lr_factor(step: int, total: int, optimizer: str) -> float:
     if step < warm:
         return 0.2 + 0.8 * step / warm
     return 1.0 + (0.07 - 1.0) * (step - warm) / max(1, total - warm)
+
+
+def set_learning_rates(opt: torch.optim.Optimizer, step: int, total: int, epoch: int, optimizer: str) -> None:
+    """The schedule's rate for every group; 0 for a group past its `until_epoch` (the parameter
+    stays put, and every process still computes its gradient, as DistributedDataParallel needs)."""
+    f = lr_factor(step, total, optimizer)
+    for g in opt.param_groups:
+        if "initial_lr" in g:
+            g["lr"] = g["initial_lr"] * f if epoch < g.get("until_epoch", math.inf) else 0.0
 
 
 class Lookahead:
@@ -162,17 +178,80 @@ class Lookahead:
 
 
 def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                  cfg: TrainConfig, autocast: Callable) -> tuple[float, torch.Tensor]:
-    """One optimisation step on an augmented, normalised batch; returns (loss, logits)."""
+                  cfg: TrainConfig, autocast: Callable, processes: int = 1) -> tuple[float, torch.Tensor]:
+    """One optimisation step on an augmented, normalised batch; returns (loss, logits).
+
+    With `processes` data-parallel ranks, `x` is this rank's slice of the global batch: DDP
+    averages the gradients, so a summed loss is scaled up to make the step that of one process."""
     with autocast():
         out = net(x)
         # airbench sums the loss (its lr is per 1024 examples); Adam, as in the article, averages.
-        loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing,
-                               reduction="sum" if cfg.recipe["optimizer"] == "sgd" else "mean")
+        summed = cfg.recipe["optimizer"] == "sgd"
+        loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing, reduction="sum" if summed else "mean")
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * processes if summed else loss).backward()
     opt.step()
     return loss.item(), out
+
+
+# ---------------------------------------------------------------- the inputs
+
+class Inputs:
+    """The network's inputs: stored training images on the device, their normalisation, and the
+    synthetic version of every batch (photo crops, the alternating flip, shifts, rotations, blur)."""
+
+    def __init__(self, mixed: S.Mixed, cfg: TrainConfig, device: torch.device, norm: dict):
+        train_ds = mixed.train
+        self.images = torch.from_numpy(train_ds.images).to(device)
+        self.labels = torch.from_numpy(train_ds.labels).to(device)
+        self.device, self.store_scale = device, mixed.store_scale if mixed.photo_views else 1
+        self.photo = torch.from_numpy(np.asarray(mixed.photo)[mixed.train_source])
+        self.positive = torch.from_numpy(train_ds.labels == train_ds.classes.index(cfg.positive))
+        self.mean = torch.tensor(norm["mean"], device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(norm["std"], device=device).view(1, 3, 1, 1) * 255
+        aug_cfg = dict(cfg.augment)
+        self.views = None
+        if mixed.photo_views:
+            # Crops replace Augment's shift: thumbnails are moved by the same +-shift inside PhotoViews.
+            self.views = PhotoViews(size=32, shift=aug_cfg.get("shift", 0))
+            aug_cfg["shift"] = 0
+        self.first_flip = None
+        if aug_cfg.get("flip") and cfg.recipe.get("alternating_flip"):
+            # The alternating flip replaces Augment's coin toss: one random first choice per image.
+            self.first_flip = torch.rand(len(train_ds), generator=torch.Generator().manual_seed(cfg.seed)) < 0.5
+            aug_cfg["flip"] = False
+        self.augment = Augment(**aug_cfg)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    def prep(self, u8: torch.Tensor) -> torch.Tensor:
+        """Model-view uint8 images (N, H, W, 3) -> normalised input."""
+        return self.normalise(u8.permute(0, 3, 1, 2).float())
+
+    def batch(self, picked: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The augmented, normalised input and the labels of training images `picked` (CPU indices)."""
+        idx = picked.to(self.device)
+        x = self.images[idx].permute(0, 3, 1, 2).float()
+        if self.views is not None:
+            x = self.views(x, self.photo[picked], self.positive[picked])
+        x = self.normalise(x)
+        if self.first_flip is not None:
+            x = alternating_flip(x, self.first_flip[picked], epoch)
+        return self.augment(x), self.labels[idx]
+
+    def whitening_sample(self, seed: int, n: int = 5000) -> torch.Tensor:
+        """A random sample at the input size (the training set is ordered by class: its first
+        5000 are airplanes), normalised, for the whitening layer's statistics."""
+        sample = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))[:n]
+        x = self.images[sample.to(self.device)].permute(0, 3, 1, 2).float()
+        return self.normalise(F.avg_pool2d(x, self.store_scale) if self.store_scale > 1 else x)
+
+
+def data_norm(images: np.ndarray) -> dict:
+    """Per-channel mean and standard deviation of uint8 images, on a 0-1 scale."""
+    x = images.reshape(-1, 3).astype(np.float64) / 255
+    return {"mean": x.mean(0).round(5).tolist(), "std": x.std(0).round(5).tolist()}
 
 
 # ---------------------------------------------------------------- the run
@@ -221,6 +300,25 @@ def _load_checkpoint(path: Path) -> dict:
         raise BirdcnnError(f"{path}: not a usable checkpoint ({str(e).splitlines()[0][:200]})") from None
 
 
+def open_run(run_dir: Path, cfg: TrainConfig, resume: bool, command: str) -> tuple[TrainConfig, dict | None, str]:
+    """The run's configuration, its checkpoint when resuming, and the command line it records
+    (the command that started the run, then each that continued it)."""
+    ckpt_path = run_dir / "checkpoint.pt"
+    if not resume:
+        if ckpt_path.exists() or (run_dir / "model.json").exists():
+            raise BirdcnnError(f"{run_dir}: already holds a run; pass --resume to continue it, or choose another --out")
+        return cfg.resolved(), None, command
+    if not ckpt_path.is_file():
+        raise BirdcnnError(f"{run_dir}: no checkpoint.pt to resume from")
+    if (run_dir / "model.json").exists():
+        raise BirdcnnError(f"{run_dir}: this run already finished (model.json exists); nothing to resume")
+    ckpt = _load_checkpoint(ckpt_path)
+    saved = json.loads(ckpt["config"])
+    cfg = TrainConfig(**{**saved, "out": str(run_dir), "device": cfg.device or saved.get("device")})
+    first = ckpt.get("command", "")
+    return cfg, ckpt, f"{first}; continued with: {command}" if first and command else (first or command)
+
+
 @torch.no_grad()
 def _accuracy(net, images: torch.Tensor, labels: torch.Tensor, prep: Callable, autocast, bs: int = 1000) -> float:
     net.eval()
@@ -234,88 +332,55 @@ def _accuracy(net, images: torch.Tensor, labels: torch.Tensor, prep: Callable, a
 
 def train(cfg: TrainConfig, resume: bool = False, command: str = "",
           on_epoch: Callable[[int, Classifier, float], None] | None = None) -> Path:
-    """Train per `cfg`; returns the run folder.
+    """Train per `cfg`; returns the run folder. Under torchrun, every process runs this and
+    trains one model data-parallel (see `birdcnn.distributed`); rank 0 writes the files.
 
     `on_epoch(epoch, classifier, train_seconds)` is called after each epoch, outside the timed part.
     """
+    ranks = distributed.from_env()
+    if ranks.parallel and not cfg.out:
+        raise BirdcnnError("training with torchrun needs --out RUN_DIR (every process must name the same folder)")
     run_dir = Path(cfg.out) if cfg.out else default_run_dir()
-    ckpt_path = run_dir / "checkpoint.pt"
-    ckpt = None
-    if resume:
-        if not ckpt_path.is_file():
-            raise BirdcnnError(f"{run_dir}: no checkpoint.pt to resume from")
-        if (run_dir / "model.json").exists():
-            raise BirdcnnError(f"{run_dir}: this run already finished (model.json exists); nothing to resume")
-        ckpt = _load_checkpoint(ckpt_path)
-        saved = json.loads(ckpt["config"])
-        cfg = TrainConfig(**{**saved, "out": str(run_dir), "device": cfg.device or saved.get("device")})
-        # The model records the command that started the run, then each that continued it.
-        first = ckpt.get("command", "")
-        command = f"{first}; continued with: {command}" if first and command else (first or command)
-    else:
-        if ckpt_path.exists() or (run_dir / "model.json").exists():
-            raise BirdcnnError(f"{run_dir}: already holds a run; pass --resume to continue it, or choose another --out")
-        cfg = cfg.resolved()
-    device = pick_device(cfg.device)
+    cfg, ckpt, command = open_run(run_dir, cfg, resume, command)
+    device = distributed.start(ranks, pick_device(cfg.device))
+    try:
+        return _run(cfg, ckpt, command, run_dir, ranks, device, on_epoch)
+    except (dist.DistError, RuntimeError) as e:
+        if not ranks.parallel or isinstance(e, BirdcnnError) or not _peer_lost(e):
+            raise
+        raise BirdcnnError(f"rank {ranks.rank}: another training process stopped ({str(e).splitlines()[0][:160]}); "
+                           f"continue from the last checkpoint with: torchrun ... -m birdcnn train --out {run_dir} "
+                           "--resume") from None
+    finally:
+        distributed.stop(ranks)
+
+
+def _peer_lost(e: Exception) -> bool:
+    """A collective failed because another process went away (gloo/NCCL say so in their message)."""
+    return isinstance(e, dist.DistError) or any(w in str(e).lower() for w in ("gloo", "nccl", "connection", "peer"))
+
+
+def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks: distributed.Ranks,
+         device: torch.device, on_epoch: Callable | None) -> Path:
     torch.manual_seed(cfg.seed)
-
     mixed = prepare_data(cfg)
-    train_ds, val_ds = mixed.train, mixed.val
-    classes = train_ds.classes
-    aug_cfg = dict(cfg.augment)
-    views = None
-    if mixed.photo_views:
-        # Crops replace Augment's shift: thumbnails are moved by the same +-shift inside PhotoViews.
-        views = PhotoViews(size=32, shift=aug_cfg.get("shift", 0))
-        aug_cfg["shift"] = 0
-    aug = Augment(**aug_cfg)
-    # The alternating flip replaces Augment's coin toss: one random first choice per image.
-    first_flip = None
-    if aug.flip and cfg.recipe.get("alternating_flip"):
-        first_flip = torch.rand(len(train_ds), generator=torch.Generator().manual_seed(cfg.seed)) < 0.5
-        aug = Augment(**{**aug_cfg, "flip": False})
-    n_test = sum(len(t) for _, t in mixed.tests if t is not None)
-    print(f"data: {len(train_ds)} training images {D.describe(train_ds) if len(classes) <= 20 else f'in {len(classes)} classes'}"
-          f" from {len(mixed.infos)} source(s), {len(val_ds)} validation" + (f", {n_test} test" if n_test else ""),
-          file=sys.stderr)
-
-    images = torch.from_numpy(train_ds.images).to(device)
-    labels = torch.from_numpy(train_ds.labels).to(device)
-    photo = torch.from_numpy(np.asarray(mixed.photo)[mixed.train_source])
-    positive = torch.from_numpy(train_ds.labels == classes.index(cfg.positive))
-    if ckpt is not None:
-        norm = json.loads(ckpt["norm"])
-    else:
-        x = train_ds.images.reshape(-1, 3).astype(np.float64) / 255
-        norm = {"mean": x.mean(0).round(5).tolist(), "std": x.std(0).round(5).tolist()}
-    mean = torch.tensor(norm["mean"], device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(norm["std"], device=device).view(1, 3, 1, 1) * 255
-
-    def normalise(x: torch.Tensor) -> torch.Tensor:
-        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-
-    def prep(u8: torch.Tensor) -> torch.Tensor:
-        """Model-view uint8 images (N, H, W, 3) -> normalised input."""
-        return normalise(u8.permute(0, 3, 1, 2).float())
-
-    def train_view(idx: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
-        """The augmented, normalised training input of images `idx` (`picked`: the same on the CPU)."""
-        x = images[idx].permute(0, 3, 1, 2).float()
-        if views is not None:
-            x = views(x, photo[picked], positive[picked])
-        return normalise(x)
-
+    train_ds, val_ds, classes = mixed.train, mixed.val, mixed.train.classes
+    if ranks.main:
+        n_test = sum(len(t) for _, t in mixed.tests if t is not None)
+        described = D.describe(train_ds) if len(classes) <= 20 else f"in {len(classes)} classes"
+        print(f"data: {len(train_ds)} training images {described} from {len(mixed.infos)} source(s), "
+              f"{len(val_ds)} validation" + (f", {n_test} test" if n_test else "")
+              + (f"; {ranks.world} processes" if ranks.parallel else ""), file=sys.stderr)
+    norm = json.loads(ckpt["norm"]) if ckpt is not None else data_norm(train_ds.images)
+    inputs = Inputs(mixed, cfg, device, norm)
     use_bf16 = cfg.bf16 and device.type in ("cpu", "cuda")
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     net = build(cfg.arch, len(classes)).to(device)
-    if isinstance(net, FastNet) and ckpt is None:
-        # A random sample: the training set is ordered by class, its first 5000 are airplanes.
-        sample = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
-        x = images[sample.to(device)].permute(0, 3, 1, 2).float()
-        net.init_whitening(normalise(F.avg_pool2d(x, mixed.store_scale) if mixed.photo_views else x))
+    if hasattr(net, "init_whitening") and ckpt is None:
+        net.init_whitening(inputs.whitening_sample(cfg.seed))
     net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net, cfg)
     batch = min(cfg.batch_size, len(train_ds))
@@ -325,12 +390,18 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     la_cfg, lookahead = cfg.recipe.get("lookahead"), None
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        try:
+            opt.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:  # e.g. a checkpoint of an older birdcnn, whose parameter groups differ
+            raise BirdcnnError(f"{run_dir / 'checkpoint.pt'}: its optimizer state does not fit this birdcnn ({e})") from None
         step, history = int(ckpt["step"]), json.loads(ckpt["history"])
         if ckpt.get("lookahead"):
             lookahead = Lookahead(net, {k: v.to(device) for k, v in ckpt["lookahead"].items()})
-        print(f"resuming {run_dir} at step {step}/{total_steps}", file=sys.stderr)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        if ranks.main:
+            print(f"resuming {run_dir} at step {step}/{total_steps}", file=sys.stderr)
+    model = distributed.wrap(net, ranks, device)  # `net` stays the plain network: state, validation, files
+    if ranks.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     weights = D.balanced_weights(train_ds.labels, len(classes)) if cfg.balance else None
     if cfg.source_weights is not None:
         # A source of weight w is drawn w times as often as its size implies.
@@ -339,15 +410,20 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     val_x, val_y = torch.from_numpy(val_ds.images).to(device), torch.from_numpy(val_ds.labels).to(device)
 
     def epoch_order(epoch: int) -> torch.Tensor:
+        """The epoch's order of training images: the same on every rank (seeded), each takes its slice."""
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         if weights is not None:
             return torch.multinomial(torch.from_numpy(weights), len(train_ds), replacement=True, generator=g)
         return torch.randperm(len(train_ds), generator=g)
 
+    def checkpoint() -> None:
+        if ranks.main:
+            _save_checkpoint(run_dir / "checkpoint.pt", net, opt, step, history, cfg, norm, lookahead, command)
+
     train_seconds = sum(h["seconds"] for h in history) if history else 0.0
     net.train()
     bar = tqdm(total=total_steps, initial=step, unit="step", desc=f"train {cfg.arch}", dynamic_ncols=True,
-               disable=not sys.stderr.isatty() and os.environ.get("BIRDCNN_PROGRESS") != "1")
+               disable=not ranks.main or (not sys.stderr.isatty() and os.environ.get("BIRDCNN_PROGRESS") != "1"))
     epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
     interrupted = False
     with _StopFlag() as stop:
@@ -359,19 +435,11 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
                 epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
             if epoch != order_epoch:  # once per epoch (also on resume mid-epoch), not every step
                 order_epoch, order = epoch, epoch_order(epoch)
-            picked = order[b * batch:(b + 1) * batch]
-            idx = picked.to(device)
+            picked = order[b * batch:(b + 1) * batch][ranks.rank::ranks.world]
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout and augmentation: reproducible on resume
-            x = train_view(idx, picked)
-            if first_flip is not None:
-                x = alternating_flip(x, first_flip[picked], epoch)
-            x = aug(x)
-            y = labels[idx]
-            for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * lr_factor(step, total_steps, cfg.recipe["optimizer"]) if "initial_lr" in g else g["lr"]
-            if isinstance(net, FastNet):
-                net[0].bias.requires_grad = epoch < 3  # train the whitening bias for 3 epochs only (airbench)
-            loss, out = training_step(net, opt, x, y, cfg, autocast)
+            x, y = inputs.batch(picked, epoch)
+            set_learning_rates(opt, step, total_steps, epoch, cfg.recipe["optimizer"])
+            loss, out = training_step(model, opt, x, y, cfg, autocast, ranks.world)
             step += 1
             if la_cfg and epoch >= la_cfg["start_epoch"] and step % la_cfg["every"] == 0:
                 if lookahead is None:
@@ -383,42 +451,52 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
             epoch_correct += (out.argmax(1) == y).sum().item()
             epoch_seen += n
             bar.update(1)
-            bar.set_postfix(loss=f"{epoch_loss / epoch_seen:.3f}", img_s=f"{epoch_seen / max(1e-9, time.perf_counter() - t0):.0f}" if b else "")
-            end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-            if end_of_epoch:
+            bar.set_postfix(loss=f"{epoch_loss / epoch_seen:.3f}",
+                            img_s=f"{ranks.world * epoch_seen / max(1e-9, time.perf_counter() - t0):.0f}" if b else "")
+            if step % steps_per_epoch == 0 or step == total_steps:
                 if lookahead is not None:
                     lookahead.update(net, 1.0)  # every epoch ends on the averaged weights
+                loss_sum, correct, seen = distributed.total([epoch_loss, epoch_correct, epoch_seen], ranks, device)
                 dt = time.perf_counter() - t0
                 train_seconds += dt
-                val_acc = _accuracy(net, val_x, val_y, prep, autocast)
-                history.append({"epoch": epoch + 1, "step": step, "train_loss": epoch_loss / epoch_seen,
-                                "train_accuracy": epoch_correct / epoch_seen, "val_accuracy": val_acc,
-                                "seconds": dt, "images_per_second": epoch_seen / dt})
-                _save_checkpoint(ckpt_path, net, opt, step, history, cfg, norm, lookahead, command)
-                tqdm.write(f"epoch {epoch + 1:>3}/{math.ceil(cfg.epochs)}  loss {epoch_loss / epoch_seen:.4f}  "
-                           f"train acc {epoch_correct / epoch_seen:.4f}  val acc {val_acc:.4f}  "
-                           f"{epoch_seen / dt:.0f} img/s  {train_seconds:.0f}s", file=sys.stderr)
-                if on_epoch is not None:
-                    net.eval()
-                    on_epoch(epoch + 1, _classifier(net, cfg, classes, norm), train_seconds)
-                    net.train()
+                if ranks.main:
+                    val_acc = _accuracy(net, val_x, val_y, inputs.prep, autocast)
+                    history.append({"epoch": epoch + 1, "step": step, "train_loss": loss_sum / seen,
+                                    "train_accuracy": correct / seen, "val_accuracy": val_acc,
+                                    "seconds": dt, "images_per_second": seen / dt})
+                    checkpoint()
+                    tqdm.write(f"epoch {epoch + 1:>3}/{math.ceil(cfg.epochs)}  loss {loss_sum / seen:.4f}  "
+                               f"train acc {correct / seen:.4f}  val acc {val_acc:.4f}  {seen / dt:.0f} img/s  "
+                               f"{train_seconds:.0f}s", file=sys.stderr)
+                    if on_epoch is not None:
+                        net.eval()
+                        on_epoch(epoch + 1, _classifier(net, cfg, classes, norm), train_seconds)
+                        net.train()
                 t0 = time.perf_counter()
-            if stop.set and step < total_steps:
+            if distributed.any_rank(stop.set, ranks, device) and step < total_steps:
                 train_seconds += time.perf_counter() - t0
-                _save_checkpoint(ckpt_path, net, opt, step, history, cfg, norm, lookahead, command)
+                checkpoint()
                 interrupted = True
                 break
     bar.close()
     if interrupted:
+        if not ranks.main:
+            return run_dir
         raise TrainingInterrupted(f"interrupted at step {step}/{total_steps}; checkpoint saved. Continue with: "
                                   f"birdcnn train --out {run_dir} --resume")
+    distributed.check_replicas(net, ranks, device)
+    if not ranks.main:
+        return run_dir
 
     net.eval()
     clf = _classifier(net, cfg, classes, norm)
-    meta, metrics = _finish(clf, cfg, mixed, history, command)
+    meta, metrics = calibrate_and_measure(clf, cfg, mixed, history, command)
+    if ranks.parallel:
+        meta["training"]["processes"] = ranks.world
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_text(run_dir / "history.json", json.dumps(history, indent=2) + "\n")
-    plot_history(history, run_dir / "training_curves.png", title=f"{cfg.arch} on {' + '.join(S.folder_name(d) for d in data_sources(cfg))}")
+    plot_history(history, run_dir / "training_curves.png",
+                 title=f"{cfg.arch} on {' + '.join(S.folder_name(d) for d in data_sources(cfg))}")
     save_model(net, meta, run_dir / "model")  # last: model.json marks a finished run (see --resume)
     print(f"saved {run_dir / 'model.json'}", file=sys.stderr)
     return run_dir
@@ -440,7 +518,7 @@ def recalibrate(run_dir: str | Path, target_precision: float | None = None, comm
     if target_precision is not None:
         cfg.target_precision = target_precision
     clf = load_model(run_dir, device=cfg.device)
-    new_meta, metrics = _finish(clf, cfg, prepare_data(cfg), history, meta["training"].get("command", ""))
+    new_meta, metrics = calibrate_and_measure(clf, cfg, prepare_data(cfg), history, meta["training"].get("command", ""))
     new_meta["training"]["recalibrated"] = {"command": command, "date": datetime.now().isoformat(timespec="seconds")}
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     save_model(clf.net, new_meta, run_dir / "model")
@@ -452,107 +530,6 @@ def _classifier(net, cfg: TrainConfig, classes: list[str], norm: dict) -> Classi
     meta = {"arch": cfg.arch, "classes": classes, "positive": cfg.positive, "input_size": 32,
             "mean": norm["mean"], "std": norm["std"], "tta": cfg.recipe.get("tta", "none")}
     return Classifier(net, meta, device=next(net.parameters()).device)
-
-
-def restricted_argmax(probs: np.ndarray, classes: list[str], allowed: list[str] | None) -> np.ndarray:
-    """Predicted class indices, chosen among `allowed` only (a source's own classes: CIFAR-10's
-    10-class accuracy from a model that knows more classes)."""
-    if not allowed or len(allowed) == len(classes):
-        return probs.argmax(1)
-    idx = np.array([classes.index(c) for c in allowed])
-    return idx[probs[:, idx].argmax(1)]
-
-
-def choose_threshold(y: np.ndarray, scores: np.ndarray, groups: dict[str, np.ndarray], target: float) -> tuple[float, str]:
-    """The lowest threshold reaching precision `target` on every group of the validation split
-    that holds positives (thumbnails and photos apart: one threshold must serve both)."""
-    found, unreachable = {}, []
-    for name, m in groups.items():
-        if y[m].sum() == 0:
-            continue
-        t = threshold_for_precision(y[m], scores[m], target)
-        (unreachable.append(name) if t is None else found.__setitem__(name, t))
-    if not found:
-        return 0.5, f"0.5 (precision {target} unreachable on validation)"
-    where = " and ".join(f"{k} ({v:.3f})" for k, v in found.items())
-    rule = f"lowest threshold with precision >= {target} on the validation split: {where}"
-    if unreachable:
-        rule += f"; unreachable on {', '.join(unreachable)}"
-    return max(found.values()), rule
-
-
-def _finish(clf: Classifier, cfg: TrainConfig, mixed: S.Mixed, history: list, command: str) -> tuple[dict, dict]:
-    """Calibrate on validation, pick the threshold on validation, measure on test, per source."""
-    pos, classes, val = clf.positive_index, clf.classes, mixed.val
-    val_logits = clf.logits(val.images).numpy()
-    temperature = fit_temperature(val_logits, val.labels)
-    clf.temperature = temperature
-    val_probs = torch.softmax(torch.from_numpy(val_logits) / temperature, 1).numpy()
-    photo_val = np.asarray(mixed.photo)[mixed.val_source]
-    groups = {"all": np.ones(len(val), bool)}
-    if photo_val.any() and not photo_val.all():
-        groups = {"thumbnails": ~photo_val, "photos": photo_val}
-    threshold, rule = choose_threshold(val.labels == pos, val_probs[:, pos], groups, cfg.target_precision)
-    clf.threshold = threshold
-
-    def measure(labels: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> dict:
-        y = labels == pos
-        return {"n": len(labels), "accuracy": float((pred == labels).mean()),
-                "ece": expected_calibration_error(probs, labels),
-                "bird": {**binary_report(y, probs[:, pos], threshold),
-                         "ece": expected_calibration_error(probs[:, pos], y)}}
-
-    metrics: dict = {"validation": measure(val.labels, val_probs, val_probs.argmax(1))}
-    if len(groups) > 1:
-        metrics["validation_groups"] = {g: measure(val.labels[m], val_probs[m], val_probs[m].argmax(1))
-                                        for g, m in groups.items()}
-    per_source, test_parts = {}, []
-    for k, (name, test) in enumerate(mixed.tests):
-        m = mixed.val_source == k
-        entry = {"validation": measure(val.labels[m], val_probs[m], val_probs[m].argmax(1))}
-        if test is not None:
-            probs = clf.probabilities(test.images)
-            pred = restricted_argmax(probs, classes, test.source_classes)
-            entry["test"] = measure(test.labels, probs, pred)
-            test_parts.append((test.labels, probs, pred))
-        per_source[name] = entry
-    if test_parts:
-        metrics["test"] = measure(*(np.concatenate(a) for a in zip(*test_parts)))
-    if len(mixed.tests) > 1:
-        metrics["sources"] = per_source
-    metrics["train_seconds"] = sum(h["seconds"] for h in history)
-    metrics["temperature"] = temperature
-    metrics["threshold"] = threshold
-    window = {}
-    if photo_val.any():
-        from .locate import calibrate_windows
-
-        idx = np.nonzero(photo_val)[0]
-        t, info = calibrate_windows(clf, [val.paths[i] for i in idx], val.labels[idx] == pos, cfg.target_precision)
-        window = {"window_threshold": t if t is not None else max(threshold, 0.5),
-                  "window_threshold_rule": (f"lowest probability at which a photo's best locate window means "
-                                            f"{cfg.positive} with precision >= {cfg.target_precision} on "
-                                            f"{info['photos']} validation photos ({info['positives']} {cfg.positive})")
-                                           if t is not None else "unreachable on validation photos: the decision threshold"}
-        metrics["window_threshold"] = window["window_threshold"]
-    meta = {**clf.meta, "temperature": temperature, "threshold": threshold, "threshold_rule": rule, **window,
-            "resize": "central square crop, bicubic (birdcnn.images.fit_square)",
-            "training": {"command": command, "data": cfg.data, "data_fingerprint": mixed.train.fingerprint,
-                         "sources": [i.to_json() for i in mixed.infos],
-                         "config": asdict(cfg), "epochs_run": len(history),
-                         "train_seconds": round(metrics["train_seconds"], 1), "torch": torch.__version__,
-                         "date": datetime.now().isoformat(timespec="seconds")},
-            "metrics": metrics}
-    rows = [(split, m) for split, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
-    rows += [(f"{g} (validation)", m) for g, m in metrics.get("validation_groups", {}).items()]
-    rows += [(f"{S.folder_name(n)} ({split})", m) for n, e in metrics.get("sources", {}).items() for split, m in e.items()]
-    for split, m in rows:
-        b = m["bird"]
-        # None is "undefined" (e.g. precision when nothing was predicted positive), not 0.
-        prec, rec, ap = (f"{b[k]:.4f}" if b[k] is not None else "n/a" for k in ("precision", "recall", "average_precision"))
-        print(f"{split}: accuracy {m['accuracy']:.4f}  {clf.positive}: precision {prec} "
-              f"recall {rec} AP {ap}  ECE {m['ece']:.4f}", file=sys.stderr)
-    return meta, metrics
 
 
 def plot_history(history: list[dict], path: Path, title: str = "") -> None:

@@ -1,0 +1,125 @@
+"""Data-parallel training with torchrun: 2 CPU processes (gloo) on tiny real data."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from birdcnn.errors import BirdcnnError
+from birdcnn.modelfile import load_model
+from birdcnn.train import TrainConfig, train
+
+ARGS = ["--arch", "tiny", "--epochs", "2", "--batch-size", "60", "--val-size", "100", "--seed", "3"]
+
+
+def torchrun(n: int, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+           "-m", "birdcnn", "train", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _weights(run) -> dict[str, torch.Tensor]:
+    return {k: v.float() for k, v in load_model(run / "model.json").net.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def one_and_two(cifar_small, tmp_path_factory):
+    """The same run (global batch 60) in 1 process and in 2 processes."""
+    root = tmp_path_factory.mktemp("ddp")
+    runs = {}
+    for n in (1, 2):
+        runs[n] = root / f"p{n}"
+        r = torchrun(n, "--data", str(cifar_small), *ARGS, "--out", str(runs[n]))
+        assert r.returncode == 0, r.stderr[-3000:]
+    return runs
+
+
+def test_two_processes_train_one_model_written_once(one_and_two):
+    run = one_and_two[2]
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["training"]["processes"] == 2
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]  # one set of files, from rank 0 (not two appended)
+    # Same number of optimisation steps as one process: the global batch is split, not doubled.
+    assert history[-1]["step"] == json.loads((one_and_two[1] / "history.json").read_text())[-1]["step"]
+
+
+def test_two_processes_match_one_process_within_tolerance(one_and_two, cifar_small):
+    """Gradients are averaged over the ranks, so the run follows the 1-process run; BatchNorm sees
+    each rank's half-batch, which moves the weights a little (tolerance measured: see RESULTS)."""
+    w1, w2 = _weights(one_and_two[1]), _weights(one_and_two[2])
+    diff = torch.cat([(w1[k] - w2[k]).flatten() for k in w1 if "running" not in k])
+    ref = torch.cat([w1[k].flatten() for k in w1 if "running" not in k])
+    rel = (diff.norm() / ref.norm()).item()
+    assert rel < 0.15, rel
+    m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (one_and_two[1], one_and_two[2]))
+    assert abs(m1["test"]["accuracy"] - m2["test"]["accuracy"]) <= 0.08
+
+
+def _replica_worker(rank: int, port: int, perturb: bool, out: list) -> None:
+    from birdcnn import distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    ranks = distributed.from_env()
+    device = distributed.start(ranks, torch.device("cpu"))
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    if perturb and rank == 1:
+        with torch.no_grad():
+            net.weight[0, 0] += 1e-6
+    try:
+        distributed.check_replicas(net, ranks, device)
+        out.put((rank, "same"))
+    except BirdcnnError as e:
+        out.put((rank, str(e)))
+    finally:
+        distributed.stop(ranks)
+
+
+@pytest.mark.parametrize("perturb", [False, True])
+def test_replica_check_sees_a_difference_of_one_weight(perturb):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    mp.start_processes(_replica_worker, args=(port, perturb, q), nprocs=2, start_method="spawn")
+    results = dict(q.get(timeout=60) for _ in range(2))
+    if perturb:
+        assert all("different weights" in v for v in results.values()), results
+    else:
+        assert results == {0: "same", 1: "same"}
+
+
+def test_resume_with_another_number_of_processes(cifar_small, tmp_path):
+    """A run stopped after its first epoch (1 process) is finished by 2 processes."""
+    out = tmp_path / "run"
+
+    def stop_after_first_epoch(epoch, clf, seconds):
+        raise KeyboardInterrupt
+
+    cfg = TrainConfig(data=str(cifar_small), arch="tiny", epochs=2, batch_size=60, val_size=100, seed=3, out=str(out))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_epoch=stop_after_first_epoch)
+    assert (out / "checkpoint.pt").is_file() and not (out / "model.json").exists()
+    r = torchrun(2, "--out", str(out), "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["training"]["processes"] == 2 and meta["training"]["command"].endswith("--resume")
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
+    probs = load_model(out / "model.json").probabilities(np.zeros((1, 32, 32, 3), np.uint8))
+    assert np.isfinite(probs).all()
+
+
+def test_torchrun_needs_an_out_folder(cifar_small):
+    r = torchrun(2, "--data", str(cifar_small), *ARGS)
+    assert r.returncode != 0
+    assert "birdcnn train: error: training with torchrun needs --out RUN_DIR" in r.stderr
