@@ -143,6 +143,10 @@ def load_onnx(path: str | Path, device: str | torch.device | None = None) -> Onn
     embedded = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if embedded is None:
         raise ModelFileError(onnx_path, "an ONNX model without birdcnn metadata (not made by 'birdcnn export')")
-    clf = OnnxClassifier(session, read_export_metadata(embedded, onnx_path))
+    meta = read_export_metadata(embedded, onnx_path)
+    # The file's own hash names what runs (float32 and int8 exports of one model differ): search
+    # logs record it, so a search is resumed or merged only with the same file.
+    meta["weights_sha256"] = hashlib.sha256(data).hexdigest()
+    clf = OnnxClassifier(session, meta)
     _check_io(clf, onnx_path)
     return clf

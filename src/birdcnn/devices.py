@@ -28,6 +28,11 @@ def available_devices() -> list[str]:
     return names
 
 
+def chosen_device(name: str | None) -> torch.device | None:
+    """`--device NAME` checked now; None for auto, so that the loader picks (an ONNX export: the CPU)."""
+    return None if name in (None, "auto") else check_device(name)
+
+
 def check_device(name: str | None = "auto") -> torch.device:
     """The torch device for `--device NAME`, or `BirdcnnError` saying why it cannot be used.
 

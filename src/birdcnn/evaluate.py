@@ -24,7 +24,7 @@ import numpy as np
 
 from . import data as D
 from . import metrics as M
-from .devices import add_device_argument, check_device
+from .devices import add_device_argument, chosen_device
 from .errors import BirdcnnError, DataError
 from .images import OtherFiles
 from .modelfile import Classifier, load_model
@@ -398,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_run_dir("evaluate")
     if out.exists() and not out.is_dir():
         raise BirdcnnError(f"{out}: exists and is not a folder (--out)")
-    model = load_model(args.model, check_device(args.device))
+    model = load_model(args.model, chosen_device(args.device))
     src = open_source(args.data, model.input_size)
     ev = evaluate(model, src, model_name=str(args.model or "the shipped model"), threshold=args.threshold,
                   target_precision=args.target_precision, target_recall=args.target_recall,

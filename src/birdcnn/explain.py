@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 
 from .atomic import save_figure, write_text
-from .devices import add_device_argument, check_device
+from .devices import add_device_argument, chosen_device
 from .errors import BirdcnnError
 from .images import display_path, model_view, open_for_model
 from .modelfile import Classifier, load_model
@@ -523,7 +523,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .runs import default_run_dir
 
-    clf = load_model(args.model, check_device(args.device))
+    clf = load_model(args.model, chosen_device(args.device))
     e = explain(args.image, clf)  # everything is computed (and every error raised) before anything is written
     out = Path(args.out) if args.out else default_run_dir("explain")
     try:

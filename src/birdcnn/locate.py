@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .atomic import save_figure
-from .devices import add_device_argument, check_device
+from .devices import add_device_argument, chosen_device
 from .errors import BirdcnnError
 from .images import FIGURE_SUFFIXES, display_path, model_view, open_image
 from .modelfile import Classifier, load_model
@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     # before the work, rather than guess a name the user did not give.
     if args.out and Path(args.out).suffix.lower() not in FIGURE_SUFFIXES:
         raise BirdcnnError(f"{display_path(args.out)}: --out must end in one of {', '.join(sorted(FIGURE_SUFFIXES))}")
-    model = load_model(args.model, check_device(args.device))
+    model = load_model(args.model, chosen_device(args.device))
     res = locate_file(args.image, model, scales=args.scales, target=args.target, stride=args.stride,
                       top=args.top, min_probability=args.min_probability)
     from .runs import default_run_dir

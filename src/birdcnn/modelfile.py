@@ -100,6 +100,10 @@ _FIELDS = {
     "threshold": (lambda v: _is_number(v) and 0 <= v <= 1, "a probability from 0 to 1"),
     "window_threshold": (lambda v: _is_number(v) and 0 <= v <= 1, "a probability from 0 to 1"),
     "weights_sha256": (lambda v: isinstance(v, str), "a sha256 hex string"),
+    "calibration": (lambda v: isinstance(v, dict) and all(
+        m in TTA_MODES and isinstance(c, dict) and _is_number(c.get("temperature")) and c["temperature"] > 0
+        and _is_number(c.get("threshold")) and 0 <= c["threshold"] <= 1 for m, c in v.items()),
+        "{view set: {temperature > 0, threshold 0-1}} for view sets none, flip, flip-translate"),
 }
 _REQUIRED = ("arch", "classes", "positive", "mean", "std", "input_size")
 
@@ -221,6 +225,9 @@ class Classifier:
         self.threshold: float = float(meta.get("threshold", 0.5))
         self.temperature: float = float(meta.get("temperature", 1.0))
         self.tta: str = meta.get("tta", "none")
+        # Temperature and threshold per set of test-time views (see `calibrate`): search's 2 views
+        # and locate's 1 are less sharp than 6. The top-level values are those of `tta`.
+        self.calibration: dict[str, dict] = dict(meta.get("calibration", {}))
         self.bf16 = True  # bf16 autocast for inference (see _autocast)
         self._mean = torch.tensor(meta["mean"], device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(meta["std"], device=self.device).view(1, 3, 1, 1) * 255
@@ -270,7 +277,19 @@ class Classifier:
 
     def probabilities(self, images: np.ndarray | torch.Tensor, batch_size: int = 500, tta: str | None = None) -> np.ndarray:
         """Calibrated class probabilities, (N, num_classes) float32 (`tta`: as in `logits`)."""
-        return torch.softmax(self.logits(images, batch_size, tta) / self.temperature, 1).numpy()
+        return torch.softmax(self.logits(images, batch_size, tta) / self.temperature_for(tta), 1).numpy()
+
+    def temperature_for(self, tta: str | None = None) -> float:
+        """The temperature fitted on validation for these test-time views (default: the model's)."""
+        if tta in (None, self.tta):
+            return self.temperature
+        return float(self.calibration.get(tta, {}).get("temperature", self.temperature))
+
+    def threshold_for(self, tta: str | None = None) -> float:
+        """The decision threshold chosen on validation for these test-time views (default: the model's)."""
+        if tta in (None, self.tta):
+            return self.threshold
+        return float(self.calibration.get(tta, {}).get("threshold", self.threshold))
 
     def class_indices(self, words: str | None) -> list[int]:
         """The classes named by `words` ("cat,dog"; default: the positive class), matched as
@@ -295,9 +314,10 @@ class Classifier:
             raise BirdcnnError("no class named (e.g. --for bird, or --for cat,dog)")
         return sorted(set(out))
 
-    def default_min_probability(self, indices: list[int]) -> float:
-        """The calibrated decision threshold when looking for the positive class alone, else 0.5."""
-        return self.threshold if indices == [self.positive_index] else 0.5
+    def default_min_probability(self, indices: list[int], tta: str | None = None) -> float:
+        """The calibrated decision threshold (for the views `tta`) when looking for the positive
+        class alone, else 0.5."""
+        return self.threshold_for(tta) if indices == [self.positive_index] else 0.5
 
     def window_threshold(self, indices: list[int]) -> float:
         """The least probability a `locate` window needs to be a box: the model's `window_threshold`

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import BACKENDS
+from .devices import add_device_argument, chosen_device
 from .errors import BirdcnnError, ImageError, display_path
 from .images import is_image_path, load_for_model
 from .modelfile import Classifier, load_model
@@ -76,13 +77,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, help="what runs the network: torch, or onnxruntime for an .onnx "
                                                        "export (default: by the model file)")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of lines")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     items = list(args.images) + ([str(s) for s in sample_images()] if args.samples else [])
     if not items:
         raise BirdcnnError("no images given (pass IMAGE paths, or --samples)")
-    model = load_model(args.model, backend=args.backend)
+    model = load_model(args.model, chosen_device(args.device), backend=args.backend)
     inputs = expand_inputs(items)
     found = iter(classify([p for p in inputs if isinstance(p, Path)], model))
     records = [next(found) if isinstance(p, Path) else {"path": p.path, "error": p.problem} for p in inputs]

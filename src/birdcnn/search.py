@@ -38,7 +38,8 @@ from PIL import Image
 
 from . import __version__
 from .atomic import write_text
-from .devices import add_device_argument, check_device
+from .backends import BACKENDS
+from .devices import add_device_argument, chosen_device
 from .errors import BirdcnnError, ImageError, display_path
 from .images import IMAGE_SUFFIXES, OtherFiles, model_view, open_for_model, open_image
 from .search_formats import FORMATS, format_of, write_output
@@ -281,12 +282,12 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
         raise BirdcnnError(f"{folder}: not a folder" if os.path.exists(folder) else f"{folder}: no such folder")
     ci = model.class_indices(target)
     target = ",".join(model.classes[i] for i in ci)
-    if min_probability is None:
-        min_probability = model.default_min_probability(ci)
-    result = SearchResult(folder, target, float(min_probability), shard=str(shard) if shard else None)
     # At most the flip pair: a model's 6-view TTA would triple the network's share of the time
-    # for a gain in the third decimal (docs/RESULTS.md).
+    # for a gain in the third decimal (docs/RESULTS.md). Its own temperature and threshold apply.
     views_mode = "flip" if tta and model.tta != "none" else "none"
+    if min_probability is None:
+        min_probability = model.default_min_probability(ci, views_mode)
+    result = SearchResult(folder, target, float(min_probability), shard=str(shard) if shard else None)
 
     log = None
     if output is not None:
@@ -465,7 +466,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-probability", type=float, metavar="P",
                    help="list photos with at least this probability (default: the model's threshold for its "
                         "positive class, 0.5 for other classes)")
-    p.add_argument("--model", help="model file (.json/.safetensors or a run folder; default: the shipped model)")
+    p.add_argument("--model", help="model file (.json/.safetensors or a run folder, or an .onnx made by 'birdcnn export'; "
+                                   "default: the shipped model)")
+    p.add_argument("--backend", choices=BACKENDS, help="what runs the network: torch, or onnxruntime for an .onnx "
+                                                       "export (default: by the model file)")
     p.add_argument("--json", action="store_true",
                    help='print {"matches": [{"path", "probability"}...], "summary": {...}}')
     p.add_argument("--html", metavar="OUT", help="also write a contact sheet of the matches (self-contained HTML page)")
@@ -607,7 +611,7 @@ def run(args: argparse.Namespace) -> int:
     fmt, log = _outputs(args)
     if args.workers is not None and args.workers < 0:
         raise BirdcnnError("--workers must be 0 or more")
-    model = load_model(args.model, check_device(args.device))
+    model = load_model(args.model, chosen_device(args.device), backend=args.backend)
     r = search(args.folder, model, args.target, args.min_probability, args.workers, log,
                args.resume, args.crops, tta=not args.no_tta, shard=args.shard, boxes=args.boxes)
     if r.summary()["scanned"] == 0 and not r.failed and not r.interrupted and not r.outside_shard:
