@@ -293,7 +293,8 @@ CASES = {
         lambda t, p: ["train", "--data", "nope", "--device", NO_DEVICE], 2, f"--device {NO_DEVICE}: "),
     **{f"6 {cmd} --device: not on this machine": Case(
         lambda t, p, c=cmd: [c, *(["--data", "nope"] if c == "evaluate" else ["nope"]), "--device", NO_DEVICE], 2,
-        f"birdcnn {cmd}: error: --device {NO_DEVICE}: ") for cmd in ("predict", "search", "locate", "explain", "evaluate")},
+        f"birdcnn {cmd}: error: --device {NO_DEVICE}: ")
+        for cmd in ("predict", "search", "locate", "explain", "evaluate")},
     # 10: impossible numbers are refused while parsing, naming the option, in one line (no usage block)
     **{f"10 train {opt} {value}": Case(
         lambda t, p, a=(opt, value): ["train", "--data", "nope", *a], 2,

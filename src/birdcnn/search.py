@@ -466,8 +466,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-probability", type=float, metavar="P",
                    help="list photos with at least this probability (default: the model's threshold for its "
                         "positive class, 0.5 for other classes)")
-    p.add_argument("--model", help="model file (.json/.safetensors or a run folder, or an .onnx made by 'birdcnn export'; "
-                                   "default: the shipped model)")
+    p.add_argument("--model",
+                   help="model file (.json/.safetensors or a run folder, or an .onnx made by 'birdcnn export'; "
+                        "default: the shipped model)")
     p.add_argument("--backend", choices=BACKENDS, help="what runs the network: torch, or onnxruntime for an .onnx "
                                                        "export (default: by the model file)")
     p.add_argument("--json", action="store_true",
