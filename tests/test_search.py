@@ -97,8 +97,8 @@ def test_default_threshold_and_text_output(collection, tiny_model, capsys):
     model = load_model(tiny_model)
     code, out, err = run_cli(["search", str(collection["root"]), "--model", str(tiny_model), "--workers", "0"], capsys)
     lines = out.splitlines()
-    assert all(float(line.split("%")[0]) / 100 >= model.threshold - 1e-3 for line in lines)
-    assert f"{len(lines)} show a bird (p >= {model.threshold:.3g})" in err
+    assert all(float(line.split("%")[0]) / 100 >= model.threshold_for("flip") - 1e-3 for line in lines)
+    assert f"{len(lines)} show a bird (p >= {model.threshold_for('flip'):.3g})" in err
 
 
 def test_other_class_and_unknown_class(collection, tiny_model, capsys):
@@ -106,13 +106,14 @@ def test_other_class_and_unknown_class(collection, tiny_model, capsys):
     r = search(collection["root"] / "2024" / "misc" / "deeper", model, target="airplane", min_probability=0.0,
                workers=0)
     assert r.target == "airplane" and len(r.matches) == len(OTHERS) * 4
-    assert model.tta == "flip-translate"  # search averages only the mirror pair, for speed
+    # search averages only the mirror pair, for speed, with that pair's own temperature
+    assert model.tta == "flip-translate" and model.temperature_for("flip") != model.temperature
     x = np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in r.matches])
-    probs = torch.softmax(model.logits(x, tta="flip") / model.temperature, 1).numpy()
+    probs = torch.softmax(model.logits(x, tta="flip") / model.temperature_for("flip"), 1).numpy()
     assert [p for _, p in r.matches] == pytest.approx(probs[:, model.classes.index("airplane")], abs=1e-5)
     once = search(collection["root"] / "2024" / "misc" / "deeper", model, min_probability=0.0, workers=0, tta=False)
     x = np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in once.matches])
-    expected = torch.softmax(model.logits(x, tta="none") / model.temperature, 1)[:, model.positive_index]
+    expected = torch.softmax(model.logits(x, tta="none") / model.temperature_for("none"), 1)[:, model.positive_index]
     assert [p for _, p in once.matches] == pytest.approx(expected.tolist(), abs=1e-5)
     code, out, err = run_cli(["search", str(collection["root"]), "--model", str(tiny_model), "--for", "pelican"],
                              capsys)
