@@ -53,7 +53,8 @@ def scores(clf: Classifier, ds: D.Dataset, probs: np.ndarray) -> dict:
     when the model knows them all."""
     names = [canonical_class(c) for c in ds.classes]
     y = np.array([names[i] == clf.positive for i in ds.labels])
-    out = {"ap": M.binary_report(y, probs[:, clf.positive_index].astype(np.float64), clf.threshold)["average_precision"]}
+    out = {"ap": M.binary_report(y, probs[:, clf.positive_index].astype(np.float64),
+                                 clf.threshold)["average_precision"]}
     if all(n in clf.classes for n in names):
         own = probs[:, [clf.classes.index(n) for n in names]]
         out["accuracy"] = float((own.argmax(1) == ds.labels).mean())
@@ -69,7 +70,8 @@ def main() -> None:
     ap.add_argument("--model", help="default: the shipped model")
     ap.add_argument("--cifar", default=str(SHARED / "cifar10-jpeg.tar.gz"))
     ap.add_argument("--realphotos", default=str(SHARED / "realphotos.tar.gz"))
-    ap.add_argument("--calibrate", nargs="+", help="int8 calibration sources (training side; default: --cifar and --realphotos)")
+    ap.add_argument("--calibrate", nargs="+",
+                    help="int8 calibration sources (training side; default: --cifar and --realphotos)")
     ap.add_argument("--limit", type=int, help="use this many images of each test split (default: all)")
     ap.add_argument("--keep", metavar="DIR", help="write the exports here (default: a temporary folder)")
     args = ap.parse_args()
@@ -85,7 +87,8 @@ def main() -> None:
         int8, meta = export(args.model, "onnx", str(folder / "model-int8.onnx"), int8=True, calibrate=calibrate)
         t_int8 = time.perf_counter() - t0
         print(f"exported float32 in {t_fp32:.0f} s, int8 in {t_int8:.0f} s "
-              f"(calibrated on {meta['export']['quantization']['calibration_images']} images of {', '.join(calibrate)})")
+              f"(calibrated on {meta['export']['quantization']['calibration_images']} images "
+              f"of {', '.join(calibrate)})")
         backends = {"torch bf16": load_model(args.model), "onnxruntime fp32": load_model(fp32),
                     "onnxruntime int8": load_model(int8)}
         ref = backends["torch bf16"]
@@ -113,8 +116,9 @@ def main() -> None:
           f"| CIFAR-10 10-class accuracy | (no tta) | realphotos bird AP | bird decision = torch's |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['backend']} | {r['images_per_s']:.0f} ({r['images_per_cpu_s']:.0f}) | {r['images_per_s_no_tta']:.0f} "
-              f"({r['images_per_cpu_s_no_tta']:.0f}) | {r['cifar_ap']:.4f} | {r['cifar_accuracy']:.4f} | "
+        print(f"| {r['backend']} | {r['images_per_s']:.0f} ({r['images_per_cpu_s']:.0f}) | "
+              f"{r['images_per_s_no_tta']:.0f} ({r['images_per_cpu_s_no_tta']:.0f}) | "
+              f"{r['cifar_ap']:.4f} | {r['cifar_accuracy']:.4f} | "
               f"{r['cifar_accuracy_no_tta']:.4f} | {r['realphotos_ap']:.4f} | {r['same_decision_as_torch']:.2%} |")
     print_summary({"benchmark": "export_speed", "batch": BATCH, "tta": ref.tta, "cifar_images": len(cifar),
                    "realphotos_images": len(photos), "rows": rows, **facts})

@@ -38,7 +38,8 @@ def test_search_applies_the_threshold_chosen_for_its_views(tiny_model, cifar_sma
     clf = load_model(tiny_model)
     folder = cifar_small / "test" / "bird"
     assert search(folder, clf, workers=0).min_probability == pytest.approx(clf.calibration["flip"]["threshold"])
-    assert search(folder, clf, workers=0, tta=False).min_probability == pytest.approx(clf.calibration["none"]["threshold"])
+    assert (search(folder, clf, workers=0, tta=False).min_probability
+            == pytest.approx(clf.calibration["none"]["threshold"]))
 
 
 def test_a_model_without_view_calibration_keeps_its_one_temperature(tiny_model, tmp_path):
@@ -50,7 +51,8 @@ def test_a_model_without_view_calibration_keeps_its_one_temperature(tiny_model, 
     assert clf.temperature_for("none") == clf.temperature and clf.threshold_for("flip") == clf.threshold
 
 
-@pytest.mark.parametrize("bad", [{"flip": {"temperature": -1, "threshold": 0.5}}, {"six": {"temperature": 1, "threshold": 0.5}},
+@pytest.mark.parametrize("bad", [{"flip": {"temperature": -1, "threshold": 0.5}},
+                                 {"six": {"temperature": 1, "threshold": 0.5}},
                                  {"flip": {"temperature": 1, "threshold": 1.5}}, ["flip"]])
 def test_bad_view_calibration_is_refused(tiny_model, tmp_path, bad):
     meta = json.loads(tiny_model.read_text())

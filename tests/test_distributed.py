@@ -67,7 +67,8 @@ def test_two_processes_match_one_process_within_tolerance(one_and_two, cifar_sma
 def _replica_worker(rank: int, port: int, perturb: bool, out: list) -> None:
     from birdcnn import distributed
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                      RANK=str(rank), LOCAL_RANK=str(rank))
     ranks = distributed.from_env()
     device = distributed.start(ranks, torch.device("cpu"))
     torch.manual_seed(0)

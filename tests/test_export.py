@@ -145,7 +145,8 @@ def test_torchscript_export_loads_and_matches(tmp_path, torch_fp32, real_images,
 
 def test_int8_export_mostly_agrees(tmp_path, photos, torch_fp32, real_images, capsys):
     out = tmp_path / "int8.onnx"
-    code, printed, err = run(capsys, "export", "--int8", "--calibrate", photos, "--calibration-images", 32, "--out", out)
+    code, printed, err = run(capsys, "export", "--int8", "--calibrate", photos,
+                             "--calibration-images", 32, "--out", out)
     assert code == 0, err
     assert "int8" in printed and "calibrating int8 ranges on 32 images" in err
     meta = json.loads(sidecar(out).read_text())["export"]

@@ -132,7 +132,8 @@ def test_train_on_two_sources_records_each(cifar_small, photo_source, tmp_path):
     assert [s["kind"] for s in sources] == ["thumbnails", "photos"] and [s["weight"] for s in sources] == [1.0, 3.0]
     assert sources[0]["train"] == 540 and sources[0]["fingerprint"].startswith("folder:")
     assert meta["training"]["data"] == [str(cifar_small), str(photo_source)]
-    assert 0 <= meta["window_threshold"] <= 1 and "window" in meta["window_threshold_rule"] or "unreachable" in meta["window_threshold_rule"]
+    assert (0 <= meta["window_threshold"] <= 1 and "window" in meta["window_threshold_rule"]
+            or "unreachable" in meta["window_threshold_rule"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["sources"]) == {str(cifar_small), str(photo_source)}
     assert metrics["sources"][str(cifar_small)]["test"]["n"] == 200
@@ -161,7 +162,8 @@ def test_search_for_several_words_adds_their_probabilities(tiny_model, photos):
 
 
 def test_unknown_word_is_one_line(tiny_model, photos, capsys):
-    assert main(["search", str(photos / "bird"), "--for", "cat,unicorn", "--model", str(tiny_model), "--workers", "0"]) == 2
+    assert main(["search", str(photos / "bird"), "--for", "cat,unicorn",
+                 "--model", str(tiny_model), "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'unicorn'" in err[0]
 

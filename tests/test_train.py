@@ -127,7 +127,8 @@ def test_kill_9_then_resume(run, cifar_small, tmp_path, capsys):
     assert clf.probabilities(load_split(cifar_small, "test").images[:5]).shape == (5, 10)
     assert len(json.loads((out / "history.json").read_text())) == EPOCHS
     command = json.loads((out / "model.json").read_text())["training"]["command"]
-    assert command.startswith(f"birdcnn train --data {cifar_small}") and command.endswith(f"continued with: birdcnn train --out {out} --resume")
+    assert command.startswith(f"birdcnn train --data {cifar_small}")
+    assert command.endswith(f"continued with: birdcnn train --out {out} --resume")
     # Seeded and resumable exactly: the same weights as the run that was never interrupted.
     assert_same_weights(out, run)
 
@@ -174,7 +175,8 @@ def test_existing_run_is_not_overwritten(run, cifar_small, capsys):
     before = snapshot(run)
     assert main(train_args(cifar_small, run)) == 2
     err = capsys.readouterr().err
-    assert err == f"birdcnn train: error: {run}: already holds a run; pass --resume to continue it, or choose another --out\n"
+    assert err == (f"birdcnn train: error: {run}: already holds a run; "
+                   "pass --resume to continue it, or choose another --out\n")
     assert snapshot(run) == before
 
 

@@ -78,7 +78,8 @@ def _check_sidecar(path: Path, data: bytes) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
         raise ModelFileError(side, f"cannot read the export's metadata ({e})") from None
     if recorded and hashlib.sha256(data).hexdigest() != recorded:
-        raise ModelFileError(path, f"does not match {side.name} (sha256 differs): tampered, truncated or mismatched file")
+        raise ModelFileError(path, f"does not match {side.name} (sha256 differs): "
+                                   "tampered, truncated or mismatched file")
 
 
 def onnx_session(data: bytes, where: Path) -> onnxruntime.InferenceSession:
@@ -121,7 +122,8 @@ def _check_io(clf: OnnxClassifier, path: Path) -> None:
     except Exception as e:  # noqa: BLE001 - onnxruntime's errors share no base class
         raise ModelFileError(path, f"the network does not take {size} x {size} images ({_first_line(e)})") from None
     if tuple(out.shape) != (1, n):
-        raise ModelFileError(path, f"the network gives outputs of shape {tuple(out.shape)} for one image, not {n} class scores")
+        raise ModelFileError(path, f"the network gives outputs of shape {tuple(out.shape)} for one image, "
+                                   f"not {n} class scores")
 
 
 def load_onnx(path: str | Path, device: str | torch.device | None = None) -> OnnxClassifier:

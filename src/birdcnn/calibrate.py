@@ -32,7 +32,9 @@ def restricted_argmax(probs: np.ndarray, classes: list[str], allowed: list[str] 
     return idx[probs[:, idx].argmax(1)]
 
 
-def choose_threshold(y: np.ndarray, scores: np.ndarray, groups: dict[str, np.ndarray], target: float) -> tuple[float, str]:
+def choose_threshold(
+    y: np.ndarray, scores: np.ndarray, groups: dict[str, np.ndarray], target: float
+) -> tuple[float, str]:
     """The lowest threshold reaching precision `target` on every group of the validation split
     that holds positives (thumbnails and photos apart: one threshold must serve both)."""
     found, unreachable = {}, []
@@ -50,7 +52,9 @@ def choose_threshold(y: np.ndarray, scores: np.ndarray, groups: dict[str, np.nda
     return max(found.values()), rule
 
 
-def calibrate_and_measure(clf: Classifier, cfg: "TrainConfig", mixed: S.Mixed, history: list, command: str) -> tuple[dict, dict]:
+def calibrate_and_measure(
+    clf: Classifier, cfg: "TrainConfig", mixed: S.Mixed, history: list, command: str
+) -> tuple[dict, dict]:
     """Calibrate on validation, pick the threshold on validation, measure on test, per source."""
     pos, classes, val = clf.positive_index, clf.classes, mixed.val
     photo_val = np.asarray(mixed.photo)[mixed.val_source]
@@ -107,10 +111,11 @@ def calibrate_and_measure(clf: Classifier, cfg: "TrainConfig", mixed: S.Mixed, h
         idx = np.nonzero(photo_val)[0]
         t, info = calibrate_windows(clf, [val.paths[i] for i in idx], val.labels[idx] == pos, cfg.target_precision)
         window = {"window_threshold": t if t is not None else max(threshold, 0.5),
-                  "window_threshold_rule": (f"lowest probability at which a photo's best locate window means "
-                                            f"{cfg.positive} with precision >= {cfg.target_precision} on "
-                                            f"{info['photos']} validation photos ({info['positives']} {cfg.positive})")
-                                           if t is not None else "unreachable on validation photos: the decision threshold"}
+                  "window_threshold_rule": (
+                      (f"lowest probability at which a photo's best locate window means "
+                       f"{cfg.positive} with precision >= {cfg.target_precision} on "
+                       f"{info['photos']} validation photos ({info['positives']} {cfg.positive})")
+                      if t is not None else "unreachable on validation photos: the decision threshold")}
         metrics["window_threshold"] = window["window_threshold"]
     meta = {**clf.meta, "temperature": temperature, "threshold": threshold, "threshold_rule": rule,
             "calibration": clf.calibration, **window,
@@ -123,11 +128,13 @@ def calibrate_and_measure(clf: Classifier, cfg: "TrainConfig", mixed: S.Mixed, h
             "metrics": metrics}
     rows = [(split, m) for split, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
     rows += [(f"{g} (validation)", m) for g, m in metrics.get("validation_groups", {}).items()]
-    rows += [(f"{S.folder_name(n)} ({split})", m) for n, e in metrics.get("sources", {}).items() for split, m in e.items()]
+    rows += [(f"{S.folder_name(n)} ({split})", m)
+             for n, e in metrics.get("sources", {}).items() for split, m in e.items()]
     for split, m in rows:
         b = m["bird"]
         # None is "undefined" (e.g. precision when nothing was predicted positive), not 0.
-        prec, rec, ap = (f"{b[k]:.4f}" if b[k] is not None else "n/a" for k in ("precision", "recall", "average_precision"))
+        prec, rec, ap = (f"{b[k]:.4f}" if b[k] is not None else "n/a"
+                         for k in ("precision", "recall", "average_precision"))
         print(f"{split}: accuracy {m['accuracy']:.4f}  {clf.positive}: precision {prec} "
               f"recall {rec} AP {ap}  ECE {m['ece']:.4f}", file=sys.stderr)
     return meta, metrics

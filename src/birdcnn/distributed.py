@@ -94,11 +94,13 @@ def check_replicas(net: torch.nn.Module, ranks: Ranks, device: torch.device) -> 
         return
     with torch.no_grad():
         flat = torch.cat([p.detach().double().flatten() for p in net.parameters()])
-        mine = torch.stack([flat.sum(), (flat * flat).sum(), (flat * torch.arange(len(flat), device=flat.device)).sum()])
+        mine = torch.stack([flat.sum(), (flat * flat).sum(),
+                            (flat * torch.arange(len(flat), device=flat.device)).sum()])
     gathered = [torch.empty_like(mine) for _ in range(ranks.world)]
     dist.all_gather(gathered, mine.to(device))
     if any(not torch.equal(g.cpu(), gathered[0].cpu()) for g in gathered):
-        raise BirdcnnError("the training processes ended with different weights (a rank diverged); the model was not saved")
+        raise BirdcnnError("the training processes ended with different weights (a rank diverged); "
+                           "the model was not saved")
 
 
 def stop(ranks: Ranks) -> None:

@@ -232,7 +232,8 @@ def check(result: dict, precision: str) -> dict:
     if precision == "int8" and (result["bird_decisions_agree"] < INT8_MIN_AGREEMENT
                                 or result["mean_bird_probability_difference"] > INT8_MAX_MEAN_DIFFERENCE):
         raise BirdcnnError(f"export check failed: on {n} real images the int8 model's bird decisions agree with "
-                           f"torch float32's on {result['bird_decisions_agree']:.1%} (needed {INT8_MIN_AGREEMENT:.0%}), "
+                           f"torch float32's on {result['bird_decisions_agree']:.1%} "
+                           f"(needed {INT8_MIN_AGREEMENT:.0%}), "
                            f"p(bird) differs by {result['mean_bird_probability_difference']:.3f} on average "
                            f"(allowed {INT8_MAX_MEAN_DIFFERENCE}); nothing written")
     return result
@@ -331,7 +332,8 @@ def export(model: str | None = None, fmt: str = "onnx", out: str | None = None, 
         data, load = onnx_bytes(clf, meta), load_onnx
     meta["export"]["check"] = write_checked(path, data, lambda tmp: check(compare(clf, load(tmp), images), precision))
     with writing(sidecar(path)):
-        write_text(sidecar(path), json.dumps({**meta, "file_sha256": hashlib.sha256(data).hexdigest()}, indent=2) + "\n")
+        write_text(sidecar(path),
+                   json.dumps({**meta, "file_sha256": hashlib.sha256(data).hexdigest()}, indent=2) + "\n")
     return path, meta
 
 
@@ -348,7 +350,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="training images for --int8: a folder (of class folders, or of photos), a .tar.gz of one "
                         "or 'cifar10'; its train/ side only, never test/. Repeat to mix sources")
     p.add_argument("--calibration-images", type=positive_int, default=CALIBRATION_IMAGES, metavar="N",
-                   help=f"images to calibrate on, drawn evenly from the --calibrate sources (default {CALIBRATION_IMAGES})")
+                   help=f"images to calibrate on, drawn evenly from the --calibrate sources "
+                        f"(default {CALIBRATION_IMAGES})")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -120,7 +120,8 @@ class FastNet(nn.Sequential):
         `WHITENING_BIAS_EPOCHS` epochs only (its filters stay frozen); and the other weights."""
         norm = [p for m in self.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters() if p.requires_grad]
         rest = [p for p in self.parameters() if p.requires_grad and all(p is not q for q in norm + [self[0].bias])]
-        return [dict(params=norm, role="norm"), dict(params=[self[0].bias], role="weights", until_epoch=WHITENING_BIAS_EPOCHS),
+        return [dict(params=norm, role="norm"),
+                dict(params=[self[0].bias], role="weights", until_epoch=WHITENING_BIAS_EPOCHS),
                 dict(params=rest, role="weights")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

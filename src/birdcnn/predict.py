@@ -23,7 +23,9 @@ def sample_images() -> list[Path]:
     return sorted(folder.glob("*.png"))
 
 
-def classify(paths: list[str | Path] | str | Path, model: Classifier | None = None, batch_size: int = 256) -> list[dict]:
+def classify(
+    paths: list[str | Path] | str | Path, model: Classifier | None = None, batch_size: int = 256
+) -> list[dict]:
     """Classify image files (a list of paths, or one path). Returns one record per path, in order:
     the prediction, or `{"path", "error"}` for a file that could not be read."""
     if isinstance(paths, (str, os.PathLike)):
@@ -70,10 +72,11 @@ def expand_inputs(items: list[str]) -> list[Path | ImageError]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="photos (JPEG, PNG, WebP, GIF, BMP, TIFF) or folders of them")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="photos (JPEG, PNG, WebP, GIF, BMP, TIFF) or folders of them")
     p.add_argument("--samples", action="store_true", help="classify the sample images shipped with birdcnn")
-    p.add_argument("--model", help="model file (.json/.safetensors or a run folder, or an .onnx made by 'birdcnn export'; "
-                                   "default: the shipped model)")
+    p.add_argument("--model", help="model file (.json/.safetensors or a run folder, "
+                                   "or an .onnx made by 'birdcnn export'; default: the shipped model)")
     p.add_argument("--backend", choices=BACKENDS, help="what runs the network: torch, or onnxruntime for an .onnx "
                                                        "export (default: by the model file)")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of lines")
@@ -98,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         for r in records:
             if "error" in r:
                 continue
-            line = f"{r['path']}: {r['label']} ({100 * r['bird_probability']:.1f}%{'' if r['is_bird'] else ' ' + model.positive})"
+            line = (f"{r['path']}: {r['label']} ({100 * r['bird_probability']:.1f}%"
+                    f"{'' if r['is_bird'] else ' ' + model.positive})")
             if not r["is_bird"] and r["bird_probability"] >= 0.5:
                 line += f"  below the {100 * model.threshold:.1f}% decision threshold"
             top = r.get("top_classes", [{}])[0]

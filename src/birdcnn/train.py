@@ -82,7 +82,8 @@ class TrainConfig:
             raise BirdcnnError(f"unknown --arch {self.arch!r}; known: {', '.join(RECIPES)}")
         r = dict(RECIPES[self.arch])
         aug = {**r.pop("augment"), **(self.augment or {})}
-        unset = {k: r[k] for k in ("classes", "epochs", "batch_size", "lr", "label_smoothing") if getattr(self, k) is None}
+        unset = {k: r[k] for k in ("classes", "epochs", "batch_size", "lr", "label_smoothing")
+                 if getattr(self, k) is None}
         cfg = replace(self, **unset, augment=aug, recipe=r)
         if cfg.classes not in ("all", "binary"):
             raise BirdcnnError(f"--classes must be 'all' or 'binary', not {cfg.classes!r}")
@@ -103,7 +104,8 @@ def prepare_data(cfg: TrainConfig, size: int = 32) -> S.Mixed:
     specs = data_sources(cfg)
     mixed = S.load_sources(specs, size, cfg.seed, cfg.source_weights, cfg.val_size)
     if cfg.positive not in mixed.train.classes:
-        raise DataError(f"positive class {cfg.positive!r} is not among the data's classes: {', '.join(mixed.train.classes)}")
+        raise DataError(f"positive class {cfg.positive!r} is not among the data's classes: "
+                        f"{', '.join(mixed.train.classes)}")
     if cfg.extra_positive:
         S.add_extra_positive(mixed, cfg.extra_positive, cfg.positive)
     if cfg.classes == "binary":
@@ -127,7 +129,8 @@ def make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimi
     if hasattr(net, "parameter_groups"):
         groups = net.parameter_groups()
     else:
-        norm = [p for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for p in m.parameters()]
+        norm = [p for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                for p in m.parameters()]
         groups = [dict(params=[p for p in norm if p.requires_grad], role="norm"),
                   dict(params=[p for p in net.parameters() if p.requires_grad and all(p is not q for q in norm)],
                        role="weights")]
@@ -187,7 +190,8 @@ def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Ten
         out = net(x)
         # airbench sums the loss (its lr is per 1024 examples); Adam, as in the article, averages.
         summed = cfg.recipe["optimizer"] == "sgd"
-        loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing, reduction="sum" if summed else "mean")
+        loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing,
+                               reduction="sum" if summed else "mean")
     opt.zero_grad(set_to_none=True)
     (loss * processes if summed else loss).backward()
     opt.step()
@@ -393,7 +397,8 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
         try:
             opt.load_state_dict(ckpt["optimizer"])
         except ValueError as e:  # e.g. a checkpoint of an older birdcnn, whose parameter groups differ
-            raise BirdcnnError(f"{run_dir / 'checkpoint.pt'}: its optimizer state does not fit this birdcnn ({e})") from None
+            raise BirdcnnError(f"{run_dir / 'checkpoint.pt'}: "
+                               f"its optimizer state does not fit this birdcnn ({e})") from None
         step, history = int(ckpt["step"]), json.loads(ckpt["history"])
         if ckpt.get("lookahead"):
             lookahead = Lookahead(net, {k: v.to(device) for k, v in ckpt["lookahead"].items()})
