@@ -84,12 +84,15 @@ def main() -> None:
             tar.extractall(tmp, filter="data")
         folder = Path(tmp) / "train"
         b = birdcnn_way(args.data, cfg, args.steps, args.warmup)
-        print(f"(b) birdcnn (uint8 in memory, batched augmentation, bf16, channels_last): {b:8.0f} images/s", flush=True)
+        print(f"(b) birdcnn (uint8 in memory, batched augmentation, bf16, channels_last): {b:8.0f} images/s",
+              flush=True)
         c = birdcnn_way(args.data, cfg, args.steps, args.warmup, compile=True) if args.compile else None
         if c is not None:
-            print(f"(b) with torch.compile:                                                 {c:8.0f} images/s", flush=True)
+            print(f"(b) with torch.compile:                                                 {c:8.0f} images/s",
+                  flush=True)
         a = typical(folder, cfg, args.steps, args.warmup)
-        print(f"(a) typical (ImageFolder + per-image transforms, DataLoader x2, fp32):    {a:8.0f} images/s", flush=True)
+        print(f"(a) typical (ImageFolder + per-image transforms, DataLoader x2, fp32):    {a:8.0f} images/s",
+              flush=True)
     print(f"speed-up: {b / a:.2f}x  ({args.arch} network, batch {args.batch_size}, {args.steps} timed steps each)")
     print_summary({"benchmark": "train_speed", "arch": args.arch, "batch_size": args.batch_size, "steps": args.steps,
                    "typical_images_per_s": round(a, 1), "birdcnn_images_per_s": round(b, 1),
