@@ -12,14 +12,31 @@ import torch
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def cpu_isa(flags: set[str]) -> str:
+    """The matrix-multiply instruction sets the CPU offers, e.g. 'AVX-512 + AVX512-BF16 (no AMX)'."""
+    if not flags:
+        return "unknown"
+    parts = ["AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"]
+    if "avx512_bf16" in flags:
+        parts.append("AVX512-BF16")
+    amx = [name for name in ("amx_bf16", "amx_fp16", "amx_int8") if name in flags]
+    return " + ".join(parts) + (" + AMX (" + "/".join(amx) + ")" if amx else " (no AMX)")
+
+
 def machine_facts() -> dict:
-    cpu = platform.processor() or ""
+    cpu, flags = platform.processor() or "", set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            for line in f:
+                if line.startswith("model name") and not flags:
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
-    facts = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    facts = {"cpu": cpu, "cores": os.cpu_count(), "isa": cpu_isa(flags),
+             "torch_kernels": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
              "torch": torch.__version__, "python": platform.python_version()}
     if torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name(0)
