@@ -6,7 +6,10 @@ saying why, only where it is absent.
 from __future__ import annotations
 
 import os
+import signal
 import struct
+import subprocess
+import time
 import tarfile
 import zlib
 from pathlib import Path
@@ -48,6 +51,22 @@ def cifar_small(tmp_path_factory) -> Path:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(tar.extractfile(m).read())
     return root
+
+
+def interrupt_search(cmd: list[str], log: Path) -> tuple[int, str, str]:
+    """Run a real `birdcnn search` process and send it Ctrl-C once `log` holds a scored photo;
+    returns (exit code, stdout, stderr). Skips the test when the search finished first."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and log.read_text().count("\n") > 1:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the search finished before the interrupt arrived")
+    return proc.returncode, out, err
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +12,7 @@ import torch
 from PIL import Image
 
 from birdcnn.cli import main
+from conftest import interrupt_search
 from birdcnn.modelfile import load_model
 from birdcnn.search import SearchResult, Skipped, _unreadable, model_views, search, walk_images
 
@@ -173,17 +171,8 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(cifar_small, tiny_model, tmp_p
     cmd = [sys.executable, "-m", "birdcnn", "search", str(cifar_small), "--model", str(tiny_model),
            "--workers", "1", "--output", str(log), "--min-probability", "0"]
     total = sum(1 for _ in cifar_small.rglob("*.jpg"))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and log.read_text().count("\n") > 1:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the search finished before the interrupt arrived")
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    code, out, err = interrupt_search(cmd, log)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
     done = [json.loads(x) for x in log.read_text().splitlines()[1:]]
     assert 0 < len(done) < total and len(out.splitlines()) == len(done)
 

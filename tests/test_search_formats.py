@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import signal
-import subprocess
 import sys
 import time
 
 import pytest
 
 from birdcnn.cli import main
+from conftest import interrupt_search
 from birdcnn.search_formats import CSV_COLUMNS
 from birdcnn.search_log import read_log
 
@@ -200,18 +199,9 @@ def test_ctrl_c_writes_what_was_scored_and_resume_completes(cifar_small, tiny_mo
     cmd = [sys.executable, "-m", "birdcnn", "search", str(cifar_small), "--model", str(tiny_model),
            "--workers", "1", "--output", str(out), "--min-probability", "0"]
     total = sum(1 for _ in cifar_small.rglob("*.jpg"))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "r.csv.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and log.read_text().count("\n") > 1:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the search finished before the interrupt arrived")
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    code, _, err = interrupt_search(cmd, log)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
     scored = len(log.read_text().splitlines()) - 1
     assert 0 < scored < total and len(read_csv(out)) == scored
     assert main(cmd[3:] + ["--resume"]) == 0
