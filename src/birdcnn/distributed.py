@@ -103,6 +103,14 @@ def check_replicas(net: torch.nn.Module, ranks: Ranks, device: torch.device) -> 
                            "the model was not saved")
 
 
+def leave_together(ranks: Ranks) -> None:
+    """Wait until every rank is here (rank 0 may still be writing the run's files). A rank that
+    tears down its gloo connections while a peer's last collective is still in flight can abort
+    (SIGABRT, "terminate called without an active exception"), so no rank leaves alone."""
+    if ranks.parallel:
+        dist.barrier()
+
+
 def stop(ranks: Ranks) -> None:
     if ranks.parallel and dist.is_initialized():
         dist.destroy_process_group()

@@ -485,15 +485,22 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
                 break
     bar.close()
     if interrupted:
+        distributed.leave_together(ranks)
         if not ranks.main:
             return run_dir
         raise TrainingInterrupted(f"interrupted at step {step}/{total_steps}; checkpoint saved. Continue with: "
                                   f"birdcnn train --out {run_dir} --resume")
     distributed.check_replicas(net, ranks, device)
-    if not ranks.main:
-        return run_dir
+    if ranks.main:
+        net.eval()
+        _save_run(net, cfg, classes, norm, mixed, history, command, run_dir, ranks)
+    distributed.leave_together(ranks)
+    return run_dir
 
-    net.eval()
+
+def _save_run(net: torch.nn.Module, cfg: TrainConfig, classes: list[str], norm: dict, mixed: S.Mixed,
+              history: list[dict], command: str, run_dir: Path, ranks: distributed.Ranks) -> None:
+    """Calibrate the trained network and write the run's files (rank 0 only)."""
     clf = _classifier(net, cfg, classes, norm)
     meta, metrics = calibrate_and_measure(clf, cfg, mixed, history, command)
     if ranks.parallel:
@@ -504,7 +511,6 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
                  title=f"{cfg.arch} on {' + '.join(S.folder_name(d) for d in data_sources(cfg))}")
     save_model(net, meta, run_dir / "model")  # last: model.json marks a finished run (see --resume)
     print(f"saved {run_dir / 'model.json'}", file=sys.stderr)
-    return run_dir
 
 
 def recalibrate(run_dir: str | Path, target_precision: float | None = None, command: str = "") -> Path:
