@@ -73,6 +73,9 @@ class TrainConfig:
     out: str | None = None
     device: str | None = None
     bf16: bool = True
+    input_size: int = 32                # the model's view in px: what predict, search and locate feed it
+    start_size: int | None = None       # progressive resizing: the first `start_epochs` at this smaller size
+    start_epochs: float = 0.0
     recipe: dict = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
@@ -89,7 +92,25 @@ class TrainConfig:
             raise BirdcnnError(f"--classes must be 'all' or 'binary', not {cfg.classes!r}")
         if cfg.epochs <= 0 or cfg.batch_size <= 0:
             raise BirdcnnError("--epochs and --batch-size must be positive")
+        if not 8 <= cfg.input_size <= 256:
+            raise BirdcnnError(f"--input-size must be 8 to 256 px, not {cfg.input_size}")
+        if cfg.start_size is not None:
+            if cfg.arch == "article":  # its dense layer is sized for one input
+                raise BirdcnnError("--start-size needs a network that takes any input size (not --arch article)")
+            if not 8 <= cfg.start_size <= cfg.input_size or not 0 < cfg.start_epochs < cfg.epochs:
+                raise BirdcnnError(f"--start-size must be 8 px to --input-size ({cfg.input_size}) and "
+                                   f"--start-epochs between 0 and --epochs ({cfg.epochs:g})")
         return cfg
+
+    def size_at(self, epoch: int) -> int:
+        """The training input size in `epoch` (0-based): small first, then the model's view.
+        Training on smaller images first is faster; the last epochs at the view's size fix the
+        statistics the network meets when it is used (FixRes, Touvron et al. 2019)."""
+        return self.start_size if self.start_size and epoch < self.start_epochs else self.input_size
+
+    def arch_kwargs(self) -> dict:
+        """Architecture settings that depend on the config (the article's dense layer on the input size)."""
+        return {"input_size": self.input_size} if self.arch == "article" and self.input_size != 32 else {}
 
 
 # ---------------------------------------------------------------- data preparation
@@ -98,11 +119,11 @@ def data_sources(cfg: TrainConfig) -> list[str]:
     return [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
 
 
-def prepare_data(cfg: TrainConfig, size: int = 32) -> S.Mixed:
-    """Every source's training images (at store size), validation and test splits, with the
-    positive class applied; see `birdcnn.sources`."""
+def prepare_data(cfg: TrainConfig) -> S.Mixed:
+    """Every source's training images (at store size), validation and test splits (at the model's
+    view), with the positive class applied; see `birdcnn.sources`."""
     specs = data_sources(cfg)
-    mixed = S.load_sources(specs, size, cfg.seed, cfg.source_weights, cfg.val_size)
+    mixed = S.load_sources(specs, cfg.input_size, cfg.seed, cfg.source_weights, cfg.val_size)
     if cfg.positive not in mixed.train.classes:
         raise DataError(f"positive class {cfg.positive!r} is not among the data's classes: "
                         f"{', '.join(mixed.train.classes)}")
@@ -217,7 +238,7 @@ class Inputs:
         self.views = None
         if mixed.photo_views:
             # Crops replace Augment's shift: thumbnails are moved by the same +-shift inside PhotoViews.
-            self.views = PhotoViews(size=32, shift=aug_cfg.get("shift", 0))
+            self.views = PhotoViews(size=cfg.input_size, shift=aug_cfg.get("shift", 0))
             aug_cfg["shift"] = 0
         self.first_flip = None
         if aug_cfg.get("flip") and cfg.recipe.get("alternating_flip"):
@@ -233,12 +254,15 @@ class Inputs:
         """Model-view uint8 images (N, H, W, 3) -> normalised input."""
         return self.normalise(u8.permute(0, 3, 1, 2).float())
 
-    def batch(self, picked: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The augmented, normalised input and the labels of training images `picked` (CPU indices)."""
+    def batch(self, picked: torch.Tensor, epoch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The augmented, normalised `size`-px input and the labels of training images `picked` (CPU indices)."""
         idx = picked.to(self.device)
         x = self.images[idx].permute(0, 3, 1, 2).float()
         if self.views is not None:
+            self.views.size = size
             x = self.views(x, self.photo[picked], self.positive[picked])
+        elif x.shape[-1] != size:  # thumbnails only, stored at the view's size: an early, smaller epoch
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x = self.normalise(x)
         if self.first_flip is not None:
             x = alternating_flip(x, self.first_flip[picked], epoch)
@@ -382,7 +406,7 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    net = build(cfg.arch, len(classes)).to(device)
+    net = build(cfg.arch, len(classes), **cfg.arch_kwargs()).to(device)
     if hasattr(net, "init_whitening") and ckpt is None:
         net.init_whitening(inputs.whitening_sample(cfg.seed))
     net = net.to(memory_format=torch.channels_last)
@@ -442,7 +466,7 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
                 order_epoch, order = epoch, epoch_order(epoch)
             picked = order[b * batch:(b + 1) * batch][ranks.rank::ranks.world]
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout and augmentation: reproducible on resume
-            x, y = inputs.batch(picked, epoch)
+            x, y = inputs.batch(picked, epoch, cfg.size_at(epoch))
             set_learning_rates(opt, step, total_steps, epoch, cfg.recipe["optimizer"])
             loss, out = training_step(model, opt, x, y, cfg, autocast, ranks.world)
             step += 1
@@ -538,8 +562,10 @@ def recalibrate(run_dir: str | Path, target_precision: float | None = None, comm
 
 
 def _classifier(net, cfg: TrainConfig, classes: list[str], norm: dict) -> Classifier:
-    meta = {"arch": cfg.arch, "classes": classes, "positive": cfg.positive, "input_size": 32,
+    meta = {"arch": cfg.arch, "classes": classes, "positive": cfg.positive, "input_size": cfg.input_size,
             "mean": norm["mean"], "std": norm["std"], "tta": cfg.recipe.get("tta", "none")}
+    if cfg.arch_kwargs():
+        meta["arch_kwargs"] = cfg.arch_kwargs()
     return Classifier(net, meta, device=next(net.parameters()).device)
 
 

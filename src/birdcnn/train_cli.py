@@ -40,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="choose the finished run's temperature and thresholds in --out again on its validation split "
                         "(e.g. with another --target-precision); the weights are untouched")
     add_device_argument(p)
+    p.add_argument("--input-size", type=positive_int, default=32, metavar="PX",
+                   help="the model's view of an image, in pixels (default 32; CIFAR-10's thumbnails are upsampled)")
+    p.add_argument("--start-size", type=positive_int, metavar="PX",
+                   help="progressive resizing: train the first --start-epochs at this smaller size (faster)")
+    p.add_argument("--start-epochs", type=positive_float, default=0.0, metavar="N",
+                   help="epochs at --start-size (default 0)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
     add_augment_arguments(p)
 
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
                       augment=augment_overrides(args), val_size=args.val_size, seed=args.seed, out=args.out,
                       device=None if args.device == "auto" else args.device, bf16=args.bf16,
+                      input_size=args.input_size, start_size=args.start_size, start_epochs=args.start_epochs,
                       **({} if args.target_precision is None else {"target_precision": args.target_precision}))
     train(cfg, resume=args.resume, command="birdcnn " + shlex.join(args._argv))
     return 0
