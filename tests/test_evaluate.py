@@ -119,12 +119,14 @@ def test_galleries_hold_the_most_confident_of_each_group(cifar_small, tiny_model
 
 
 def test_human_table(cifar_small, tiny_model, tmp_path, capsys):
+    from birdcnn.report import fmt
+
     code, out, err = cli(capsys, "--data", cifar_small, "--model", tiny_model, "--out", tmp_path / "r")
     assert code == 0 and "Traceback" not in err
     res = json.loads((tmp_path / "r" / "metrics.json").read_text())
     for label, key in (("precision", "precision"), ("recall", "recall"), ("ROC AUC", "roc_auc")):
         line = next(line for line in out.splitlines() if line.strip().startswith(label))
-        assert E.fmt(res["bird"][key]) in line
+        assert fmt(res["bird"][key]) in line
     assert f"{res['bird']['tp']} TP" in out and "10 classes: accuracy" in out
     assert "always saying 'not bird' would score 0.9000" in out
     assert str(tmp_path / "r" / "report.html") in out

@@ -17,7 +17,7 @@ from .errors import BirdcnnError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("birdcnn.train_cli", "train a network on CIFAR-10 or a folder of class folders"),
     "predict": ("birdcnn.predict", "classify photos: is there a bird?"),
-    "evaluate": ("birdcnn.evaluate",
+    "evaluate": ("birdcnn.evaluate_cli",
                  "measure a model honestly: precision, recall, calibration, galleries, report.html"),
     "search": ("birdcnn.search", "search a folder of photos (recursively) for birds or any class"),
     "locate": ("birdcnn.locate", "find where the bird is in a photo: sliding-window heat map and boxes"),

@@ -4,17 +4,14 @@ Accuracy alone lies: on CIFAR-10 a network that never says "bird" is 90% accurat
 measures bird vs not-bird at the model's decision threshold with the numbers that do not lie
 (precision, recall, F1, balanced accuracy, average precision, ROC AUC, the four counts),
 calibration, and, for multi-class models, per-class accuracy and the confusion matrix. The
-pictures (curves, galleries of hits and mistakes, report.html) are drawn by `birdcnn.report`.
+table, the JSON and the pictures (curves, galleries, report.html) are made by `birdcnn.report`;
+the command line is `birdcnn.evaluate_cli`.
 
 Images are streamed in chunks (decode, classify, keep only the few each gallery shows), so
 memory stays flat on large folders: only the probabilities of every image are kept.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +21,9 @@ import numpy as np
 
 from . import data as D
 from . import metrics as M
-from .devices import add_device_argument, chosen_device
-from .errors import BirdcnnError, DataError
+from .errors import DataError
 from .images import OtherFiles
-from .modelfile import Classifier, load_model
+from .modelfile import Classifier
 from .sources import canonical_class
 
 CHUNK = 2000  # images decoded and classified at a time
@@ -156,12 +152,6 @@ class Evaluation:
                     "model": self.model, "data": self.data, "split": self.split,
                     "skipped": list(self.skipped), "n_skipped": len(self.skipped), "seconds": round(self.seconds, 2)})
         return out
-
-
-def to_json(obj: dict) -> str:
-    """Indented JSON with each list of numbers on one line (a 10x10 confusion matrix stays 10 lines)."""
-    text = json.dumps(obj, indent=2)
-    return re.sub(r"\[([^\[\]{}\"]*)\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
 
 
 def _r(v):
@@ -301,123 +291,3 @@ def _class_metrics(probs: np.ndarray, true: np.ndarray, names: list[str]) -> dic
     return {"accuracy": _r(float(np.trace(cm) / cm.sum())),
             "per_class": {name: (_r(float(cm[i, i] / rows[i])) if rows[i] else None) for i, name in enumerate(names)},
             "confusion": cm.tolist(), "names": list(names), "ece": _r(M.expected_calibration_error(probs, true))}
-
-
-# ---------------------------------------------------------------- output for people
-
-def fmt(v, digits: int = 4) -> str:
-    """A metric for people: 'n/a' when undefined, never a silent 0."""
-    if v is None:
-        return "n/a"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-
-BIRD_ROWS = [("accuracy", "accuracy", "right answers, of all images"),
-             ("balanced_accuracy", "balanced accuracy", "mean of the recall of {pos} and of not-{pos}"),
-             ("precision", "precision", "of the images called {pos}, the share that are"),
-             ("recall", "recall", "of the {pos} images, the share found"),
-             ("f1", "F1", "harmonic mean of precision and recall"),
-             ("average_precision", "average precision", "area under the precision-recall curve"),
-             ("roc_auc", "ROC AUC", "chance a {pos} scores above a not-{pos}"),
-             ("ece", "calibration error", "mean |probability - observed frequency| (ECE)")]
-
-
-def format_table(ev: Evaluation) -> str:
-    """The short table `birdcnn evaluate` prints."""
-    b, pos = ev.bird, ev.positive
-    lines = [f"{ev.n} images ({b['positives']} {pos}, {ev.n - b['positives']} not {pos}) from {ev.data}"
-             f"{' (test split)' if ev.split == 'test' else ''}, model {ev.model}",
-             f"{pos} vs not {pos} at threshold {ev.threshold:.4f}: {ev.threshold_rule}"]
-    if ev.target is not None:
-        (kind, goal), t = next(iter(ev.target.items())), ev.target["threshold"]
-        lines.append(f"threshold for {kind} >= {goal}: {fmt(t)}")
-    lines.append("")
-    for key, label, _ in BIRD_ROWS:
-        lines.append(f"  {label:<19}{fmt(b[key]):>8}")
-    if ev.n:
-        lines[-len(BIRD_ROWS)] += f"   (always saying 'not {pos}' would score {1 - b['positives'] / ev.n:.4f})"
-    lines += ["", f"  {'':<14}{'called ' + pos:>16}{'called not ' + pos:>20}",
-              f"  {pos:<14}{str(b['tp']) + ' TP':>16}{str(b['fn']) + ' FN':>20}",
-              f"  {'not ' + pos:<14}{str(b['fp']) + ' FP':>16}{str(b['tn']) + ' TN':>20}"]
-    if ev.classes is not None:
-        cl = ev.classes
-        lines += ["", f"{len(cl['names'])} classes: accuracy {fmt(cl['accuracy'])}, calibration error {fmt(cl['ece'])}"]
-        items = [f"{name:<11}{fmt(a, 3):>6}" for name, a in cl["per_class"].items()]
-        lines += ["  " + "   ".join(items[i:i + 4]) for i in range(0, len(items), 4)]
-    elif ev.classes_note:
-        lines += ["", ev.classes_note]
-    flagged = [(name, f) for name, f in ev.false_alarms.items() if f["flagged"]]
-    if len(ev.false_alarms) > 1:
-        lines += ["", f"false alarms per folder ({len(flagged)} of {len(ev.false_alarms)} kinds of not-{pos} "
-                      f"have some{'; highest rates' if len(flagged) > 12 else ''}):"]
-        lines += [f"  {name[:24]:<25}{f['flagged']:>5} of {f['n']:<6}{100 * f['rate']:6.1f}%"
-                  for name, f in flagged[:12]]
-    if ev.skipped:
-        lines += ["", f"skipped {len(ev.skipped)} unreadable images (listed on stderr and in metrics.json)"]
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- command line
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {v}")
-    return v
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_device_argument(p)
-    p.add_argument("--data", required=True, help="'cifar10', the CIFAR-10 archive or folder, or a folder/tar of class "
-                                                 "folders; its test/ split is used when present")
-    p.add_argument("--model", help="model file (.json/.safetensors or a run folder; default: the shipped model)")
-    p.add_argument("--out", metavar="DIR",
-                   help="folder for report.html, metrics.json and the pictures (default: runs/evaluate-DATE)")
-    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object instead of a table")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--threshold", type=_fraction, metavar="T",
-                   help="call 'bird' when p(bird) >= T (default: the model's threshold)")
-    g.add_argument("--target-precision", type=_fraction, metavar="P",
-                   help="use the lowest threshold reaching precision P on this data")
-    g.add_argument("--target-recall", type=_fraction, metavar="R",
-                   help="use the highest threshold reaching recall R on this data")
-    p.add_argument("--gallery-size", type=int, default=48, metavar="N", help="images per gallery (default 48)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .report import write_report
-    from .runs import default_run_dir
-
-    if args.gallery_size < 0:
-        raise BirdcnnError("--gallery-size must be >= 0")
-    if (args.target_precision == 0.0) or (args.target_recall == 0.0):
-        raise BirdcnnError("--target-precision and --target-recall must be above 0")
-    out = Path(args.out) if args.out else default_run_dir("evaluate")
-    if out.exists() and not out.is_dir():
-        raise BirdcnnError(f"{out}: exists and is not a folder (--out)")
-    model = load_model(args.model, chosen_device(args.device))
-    src = open_source(args.data, model.input_size)
-    ev = evaluate(model, src, model_name=str(args.model or "the shipped model"), threshold=args.threshold,
-                  target_precision=args.target_precision, target_recall=args.target_recall,
-                  gallery_size=args.gallery_size, progress=sys.stderr.isatty())
-    t0 = time.perf_counter()
-    write_report(ev, out)
-    report_seconds = time.perf_counter() - t0
-    if args.json:
-        print(to_json({**ev.summary(), "out": str(out)}))
-    else:
-        print(format_table(ev))
-        print(f"\n{ev.n} images evaluated in {ev.seconds:.1f} s; "
-              f"report written in {report_seconds:.1f} s: {out / 'report.html'}")
-    if src.other:  # as search says it: a folder of HEIC photos must not look small without a word
-        print(f"birdcnn evaluate: passed over {len(src.other)} files that are not images: {src.other}", file=sys.stderr)
-    for i, problem in enumerate(ev.skipped):
-        if i == 20:
-            print(f"birdcnn evaluate: ... and {len(ev.skipped) - 20} more (all in {out / 'metrics.json'})",
-                  file=sys.stderr)
-            break
-        print(f"birdcnn evaluate: skipped unreadable image {problem}", file=sys.stderr)
-    return 1 if ev.skipped else 0

@@ -1,13 +1,16 @@
-"""The pictures of `birdcnn evaluate`: curves, confusion heat maps, a reliability diagram, the four
-galleries of hits and mistakes, and report.html, one page that embeds them all (so it can be
-mailed or opened from anywhere, no server needed). The PNGs and metrics.json lie beside it.
+"""What `birdcnn evaluate` shows people: the table it prints, the JSON, and the pictures (curves,
+confusion heat maps, a reliability diagram, the four galleries of hits and mistakes) with
+report.html, one page that embeds them all (so it can be mailed or opened from anywhere, no
+server needed). The PNGs and metrics.json lie beside it.
 """
 from __future__ import annotations
 
 import base64
 import html
 import io
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from . import metrics as M
 from .atomic import write_bytes, write_text
 from .errors import ImageError
-from .evaluate import BIRD_ROWS, GROUPS, Evaluation, Extremes, fmt, to_json
+from .evaluate import GROUPS, Evaluation, Extremes
 from .images import fit_square, open_image
 
 TILE = 128  # gallery tile side: CIFAR's 32 px scaled 4x, big enough to see what the model saw
@@ -35,6 +38,66 @@ def _png(obj: Figure | Image.Image) -> bytes:
 
 def _undefined(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.35", wrap=True)
+
+
+# ---------------------------------------------------------------- the table and the JSON
+
+def fmt(v: float | int | None, digits: int = 4) -> str:
+    """A metric for people: 'n/a' when undefined, never a silent 0."""
+    if v is None:
+        return "n/a"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+BIRD_ROWS = [("accuracy", "accuracy", "right answers, of all images"),
+             ("balanced_accuracy", "balanced accuracy", "mean of the recall of {pos} and of not-{pos}"),
+             ("precision", "precision", "of the images called {pos}, the share that are"),
+             ("recall", "recall", "of the {pos} images, the share found"),
+             ("f1", "F1", "harmonic mean of precision and recall"),
+             ("average_precision", "average precision", "area under the precision-recall curve"),
+             ("roc_auc", "ROC AUC", "chance a {pos} scores above a not-{pos}"),
+             ("ece", "calibration error", "mean |probability - observed frequency| (ECE)")]
+
+
+def format_table(ev: Evaluation) -> str:
+    """The short table `birdcnn evaluate` prints."""
+    b, pos = ev.bird, ev.positive
+    lines = [f"{ev.n} images ({b['positives']} {pos}, {ev.n - b['positives']} not {pos}) from {ev.data}"
+             f"{' (test split)' if ev.split == 'test' else ''}, model {ev.model}",
+             f"{pos} vs not {pos} at threshold {ev.threshold:.4f}: {ev.threshold_rule}"]
+    if ev.target is not None:
+        (kind, goal), t = next(iter(ev.target.items())), ev.target["threshold"]
+        lines.append(f"threshold for {kind} >= {goal}: {fmt(t)}")
+    lines.append("")
+    for key, label, _ in BIRD_ROWS:
+        lines.append(f"  {label:<19}{fmt(b[key]):>8}")
+    if ev.n:
+        lines[-len(BIRD_ROWS)] += f"   (always saying 'not {pos}' would score {1 - b['positives'] / ev.n:.4f})"
+    lines += ["", f"  {'':<14}{'called ' + pos:>16}{'called not ' + pos:>20}",
+              f"  {pos:<14}{str(b['tp']) + ' TP':>16}{str(b['fn']) + ' FN':>20}",
+              f"  {'not ' + pos:<14}{str(b['fp']) + ' FP':>16}{str(b['tn']) + ' TN':>20}"]
+    if ev.classes is not None:
+        cl = ev.classes
+        lines += ["", f"{len(cl['names'])} classes: accuracy {fmt(cl['accuracy'])}, calibration error {fmt(cl['ece'])}"]
+        items = [f"{name:<11}{fmt(a, 3):>6}" for name, a in cl["per_class"].items()]
+        lines += ["  " + "   ".join(items[i:i + 4]) for i in range(0, len(items), 4)]
+    elif ev.classes_note:
+        lines += ["", ev.classes_note]
+    flagged = [(name, f) for name, f in ev.false_alarms.items() if f["flagged"]]
+    if len(ev.false_alarms) > 1:
+        lines += ["", f"false alarms per folder ({len(flagged)} of {len(ev.false_alarms)} kinds of not-{pos} "
+                      f"have some{'; highest rates' if len(flagged) > 12 else ''}):"]
+        lines += [f"  {name[:24]:<25}{f['flagged']:>5} of {f['n']:<6}{100 * f['rate']:6.1f}%"
+                  for name, f in flagged[:12]]
+    if ev.skipped:
+        lines += ["", f"skipped {len(ev.skipped)} unreadable images (listed on stderr and in metrics.json)"]
+    return "\n".join(lines)
+
+
+def to_json(obj: dict) -> str:
+    """Indented JSON with each list of numbers on one line (a 10x10 confusion matrix stays 10 lines)."""
+    text = json.dumps(obj, indent=2)
+    return re.sub(r"\[([^\[\]{}\"]*)\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
 
 
 # ---------------------------------------------------------------- curves and matrices
