@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from birdcnn.cli import main
 from birdcnn.data import CIFAR10_CLASSES, load_split
+from birdcnn.images import load_for_model
 from birdcnn.modelfile import _sha256, load_model
 
 # 500 training images (100 of the 600 held out for validation), batches of 50: 10 steps an epoch.
@@ -285,3 +286,43 @@ def test_optimizer_groups_follow_the_network_roles():
     net(torch.randn(8, 3, 32, 32)).sum().backward()
     opt.step()
     assert torch.equal(net[0].bias.detach(), before)
+
+
+# ---------------------------------------------------------------- input size and progressive resizing
+
+def test_progressive_resizing_trains_small_first_then_at_the_models_view(cifar_small, photos, tmp_path):
+    """--start-size 24 --start-epochs 1 --input-size 40: epoch 1's batches are 24 px (thumbnails
+    resized, photos cut to 24), epoch 2's are 40 px, and the model file's view is 40 px."""
+    from birdcnn.train import Inputs, TrainConfig, data_norm, prepare_data, train
+
+    cfg = TrainConfig(data=[str(cifar_small), str(photos)], arch="tiny", epochs=2, batch_size=100, val_size=8,
+                      input_size=40, start_size=24, start_epochs=1, device="cpu", out=str(tmp_path / "run"))
+    resolved = cfg.resolved()
+    assert [resolved.size_at(e) for e in range(2)] == [24, 40]
+    mixed = prepare_data(resolved)
+    assert mixed.val.images.shape[1:] == (40, 40, 3) and mixed.train.images.shape[1:] == (80, 80, 3)
+    inputs = Inputs(mixed, resolved, torch.device("cpu"), data_norm(mixed.val.images))
+    both = torch.cat([torch.nonzero(torch.from_numpy(mixed.train_source == k))[:3, 0] for k in (0, 1)])
+    for epoch, size in ((0, 24), (1, 40)):
+        x, y = inputs.batch(both, epoch, resolved.size_at(epoch))
+        assert x.shape == (6, 3, size, size) and torch.isfinite(x).all() and len(y) == 6
+
+    run = train(cfg)
+    clf = load_model(run)
+    assert clf.input_size == 40 and json.loads((run / "model.json").read_text())["input_size"] == 40
+    probs = clf.probabilities(load_for_model(photos / "bird" / "magpie.jpg", clf.input_size)[None])
+    assert probs.shape == (1, len(clf.classes)) and np.isfinite(probs).all()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--input-size", "32", "--start-size", "40", "--start-epochs", "1"], "--start-size must be 8 px to --input-size"),
+    (["--start-size", "24", "--start-epochs", "6"], "--start-epochs between 0 and --epochs"),
+    (["--arch", "article", "--start-size", "24", "--start-epochs", "1"], "not --arch article"),
+    (["--input-size", "4"], "--input-size must be 8 to 256 px"),
+])
+def test_impossible_sizes_are_one_line_errors(args, words, cifar_small, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(cifar_small), "--epochs", "2", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+    assert not out.exists()

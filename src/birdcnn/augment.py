@@ -135,7 +135,10 @@ class PhotoViews:
         out = torch.empty(n, c, self.size, self.size, device=x.device)
         thumb = ~photo
         if thumb.any():  # the exact original (2x2 mean of repeated pixels), then the recipe's shift
-            t = F.avg_pool2d(x[thumb], s // self.size)
+            t = x[thumb]
+            # another size (progressive resizing's smaller first epochs): resampled, antialiased
+            t = F.avg_pool2d(t, s // self.size) if s % self.size == 0 else F.interpolate(
+                t, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
             out[thumb] = random_shift(t, self.shift, gen) if self.shift else t
         m = int(photo.sum())
         if m:  # torchvision's RandomResizedCrop rule, batched
