@@ -14,7 +14,9 @@ from PIL import Image
 from birdcnn.cli import main
 from conftest import interrupt_search
 from birdcnn.modelfile import load_model
-from birdcnn.search import SearchResult, Skipped, _unreadable, model_views, search, walk_images
+from birdcnn.decode_workers import model_views
+from birdcnn.search import SearchResult, search
+from birdcnn.walk import Skipped, walk_images
 
 OTHERS = ["airplane", "automobile", "cat", "dog", "frog", "ship", "truck"]
 
@@ -219,8 +221,8 @@ def test_summary_counts_folders_that_could_not_be_read():
     r = SearchResult("lib", "bird", 0.5, failed=[("lib/a.jpg", "empty file")],
                      skipped=[Skipped("lib/locked", "cannot read folder (Permission denied)"),
                               Skipped("lib/loop", "symbolic link loop (back to lib): not followed", serious=False)])
-    assert _unreadable(r) == "1 unreadable, 1 unreadable folder"
-    assert _unreadable(SearchResult("lib", "bird", 0.5)) == "0 unreadable"
+    assert r.unreadable() == "1 unreadable, 1 unreadable folder"
+    assert SearchResult("lib", "bird", 0.5).unreadable() == "0 unreadable"
 
 
 def test_default_model_finds_birds(cifar_small):

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("birdcnn.predict", "classify photos: is there a bird?"),
     "evaluate": ("birdcnn.evaluate_cli",
                  "measure a model honestly: precision, recall, calibration, galleries, report.html"),
-    "search": ("birdcnn.search", "search a folder of photos (recursively) for birds or any class"),
+    "search": ("birdcnn.search_cli", "search a folder of photos (recursively) for birds or any class"),
     "locate": ("birdcnn.locate", "find where the bird is in a photo: sliding-window heat map and boxes"),
     "explain": ("birdcnn.explain", "show, step by step, what the network sees in one photo"),
     "export": ("birdcnn.export",
