@@ -28,6 +28,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from .atomic import write_atomic
+from .decode_workers import InProcessPool
 from .errors import DataError, ImageError, display_path
 from .images import OtherFiles, is_image_path, load_for_model
 
@@ -262,7 +263,7 @@ def decode_files(paths: list[Path], size: int, workers: int | None = None,
     out = np.empty((len(paths), size, size, 3), np.uint8)
     ok, problems = [], []
     show = len(paths) > 2000
-    with ProcessPoolExecutor(workers) if len(paths) > 500 and workers > 1 else _Serial() as ex:
+    with ProcessPoolExecutor(workers) if len(paths) > 500 and workers > 1 else InProcessPool() as ex:
         results = ex.map(_decode_one, jobs, chunksize=256)
         for i, r in enumerate(tqdm(results, total=len(jobs), desc=desc, disable=not show, unit="img")):
             if isinstance(r, str):
@@ -271,18 +272,6 @@ def decode_files(paths: list[Path], size: int, workers: int | None = None,
                 out[len(ok)] = r
                 ok.append(i)
     return out[: len(ok)], ok, problems
-
-
-class _Serial:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @staticmethod
-    def map(fn, it, chunksize=1):
-        return map(fn, it)
 
 
 def _load_class_folder(root: Path, classes: list[str] | None, size: int) -> Dataset:
