@@ -71,7 +71,7 @@ def test_onnx_export_matches_torch_float32(shipped_onnx, torch_fp32, real_images
     got, want = clf.probabilities(real_images), torch_fp32.probabilities(real_images)
     assert np.abs(got - want).max() < FP32_TOLERANCE
     # The shared Classifier code around the network: the same records, words and thresholds.
-    assert [clf.describe(p)["label"] for p in got] == [torch_fp32.describe(p)["label"] for p in want]
+    assert [clf.record(p)["label"] for p in got] == [torch_fp32.record(p)["label"] for p in want]
     assert clf.class_indices("cat,car") == torch_fp32.class_indices("cat,car")
     assert clf.window_threshold([clf.positive_index]) == torch_fp32.window_threshold([clf.positive_index])
     # The batch axis is dynamic: one image or seven through the session directly.

@@ -60,7 +60,7 @@ def test_load_sources_merges_classes_and_keeps_each_split(cifar_small, photo_sou
     # 10% of each source is held out: 60 of CIFAR's 600, 1 of the 16 photos.
     assert np.bincount(mixed.val_source).tolist() == [60, 1]
     assert np.bincount(mixed.train_source).tolist() == [540, 15]
-    info = mixed.infos[1].to_json()
+    info = mixed.infos[1].as_dict()
     assert info["kind"] == "photos" and info["train"] == 15 and set(info["classes"]) <= {"bird", "dog"}
     assert sum(info["classes"].values()) == 15
     # Thumbnails are stored by repeating pixels: a 2x2 mean gives the model's view back exactly.

@@ -121,7 +121,7 @@ def calibrate_and_measure(
             "calibration": clf.calibration, **window,
             "resize": "central square crop, bicubic (birdcnn.images.fit_square)",
             "training": {"command": command, "data": cfg.data, "data_fingerprint": mixed.train.fingerprint,
-                         "sources": [i.to_json() for i in mixed.infos],
+                         "sources": [i.as_dict() for i in mixed.infos],
                          "config": asdict(cfg), "epochs_run": len(history),
                          "train_seconds": round(metrics["train_seconds"], 1), "torch": torch.__version__,
                          "date": datetime.now().isoformat(timespec="seconds")},

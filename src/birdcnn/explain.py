@@ -276,7 +276,7 @@ def explain(path: str | Path, clf: Classifier, display_size: int = 480) -> Expla
     tr = trace(clf, u8, clf.positive_index)
     x = clf.prepare(u8)[0].float().cpu().numpy()
     return Explanation(str(path), photo, box, u8, x, tr, probs, clf.classes, clf.positive, clf.threshold,
-                       clf.describe(probs), clf.meta.get("arch", type(clf.net).__name__))
+                       clf.record(probs), clf.meta.get("arch", type(clf.net).__name__))
 
 
 # ---------------------------------------------------------------- panels (each draws into one figure cell)

@@ -83,7 +83,7 @@ class Located:
     display: Image.Image | None = None         # the photo at heat-map size
     seconds: float = 0.0
 
-    def to_json(self) -> dict:
+    def as_dict(self) -> dict:
         return {"size": list(self.size), "class": self.target, "boxes": self.boxes,
                 "min_probability": self.min_probability,
                 "max_probability": round(self.max_probability, 6),
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
         raise BirdcnnError(f"{display_path(out)}: cannot write ({e.strerror or e})") from None
     image, heatmap = display_path(args.image), display_path(out)
     if args.json:
-        json.dump({"image": image, **res.to_json(), "heatmap": heatmap}, sys.stdout, indent=2)
+        json.dump({"image": image, **res.as_dict(), "heatmap": heatmap}, sys.stdout, indent=2)
         print()
     else:
         W, H = res.size

@@ -337,7 +337,7 @@ class Classifier:
             return float(self.meta["window_threshold"])
         return self.default_min_probability(indices)
 
-    def describe(self, probs: np.ndarray, top: int = 3) -> dict:
+    def record(self, probs: np.ndarray, top: int = 3) -> dict:
         """One image's probabilities as a result record.
 
         `bird_probability` and `is_bird` always refer to the model's positive class (bird by

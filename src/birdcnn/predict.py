@@ -50,7 +50,7 @@ def _fill(model: Classifier, good: list[tuple[int, np.ndarray]], records: list[d
     if good:
         probs = model.probabilities(np.stack([a for _, a in good]))
         for (i, _), p in zip(good, probs):
-            records[i].update(model.describe(p))
+            records[i].update(model.record(p))
 
 
 def expand_inputs(items: list[str]) -> list[Path | ImageError]:

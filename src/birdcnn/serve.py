@@ -201,7 +201,7 @@ class Service:
                 except BirdcnnError as e:
                     raise ApiError(422, getattr(e, "problem", str(e)), name) from None
                 picture = save_heatmap(res, Path(tmp) / "heatmap.png", title=name)
-            return {"image": name, **res.to_json(), "threshold": res.min_probability,
+            return {"image": name, **res.as_dict(), "threshold": res.min_probability,
                     "heatmap_png": base64.b64encode(picture.read_bytes()).decode("ascii")}
 
     def explain(self, upload) -> dict:

@@ -51,7 +51,7 @@ class SourceInfo:
     counts: dict[str, int]          # training images per (merged) class
     validation: int = 0
 
-    def to_json(self) -> dict:
+    def as_dict(self) -> dict:
         return {"name": self.name, "fingerprint": self.fingerprint, "kind": "photos" if self.photo else "thumbnails",
                 "weight": self.weight, "train": sum(self.counts.values()), "validation": self.validation,
                 "classes": self.counts}
