@@ -43,13 +43,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="the model to measure first (default: the shipped model)")
     ap.add_argument("--cifar-only", default=str(HERE / "models" / "cifar_only.json"),
-                    help="the previous CIFAR-only model")
+                    help="the previous CIFAR-only model ('none': leave it out, e.g. to measure a new model alone)")
     ap.add_argument("--article", help="the article's network trained the article's way (a run folder)")
     ap.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
     ap.add_argument("--json", metavar="OUT", help="also write every figure, with the per-class false alarms, here")
     args = ap.parse_args()
     facts = print_machine_facts()
-    models = {"shipped": args.model, "cifar-only": args.cifar_only}
+    models = {"shipped": args.model}
+    if args.cifar_only != "none":
+        models["cifar-only"] = args.cifar_only
     if args.article:
         models["article"] = args.article
     table, summary = [], {"benchmark": "real_photos", **facts}
