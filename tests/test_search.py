@@ -16,7 +16,8 @@ from conftest import interrupt_search
 from birdcnn.modelfile import load_model
 from birdcnn.decode_workers import model_views
 from birdcnn.search import SearchResult, search
-from birdcnn.walk import Skipped, walk_images
+from birdcnn.errors import FileProblem
+from birdcnn.walk import walk_images
 
 OTHERS = ["airplane", "automobile", "cat", "dog", "frog", "ship", "truck"]
 
@@ -61,7 +62,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 def test_walk_reports_loop_and_finds_every_image_once(collection):
     items = list(walk_images(collection["root"]))
     paths = [i for i in items if isinstance(i, str)]
-    skipped = [i for i in items if isinstance(i, Skipped)]
+    skipped = [i for i in items if isinstance(i, FileProblem)]
     assert len(paths) == len(set(paths)) == len(collection["good"]) + 4
     assert set(paths) == collection["good"] | collection["bad"]
     assert [s.path for s in skipped] == [str(collection["root"] / "2024" / "misc" / "loop")]
@@ -218,9 +219,9 @@ def test_unreadable_folder_is_reported(collection, tiny_model, tmp_path):
 
 def test_summary_counts_folders_that_could_not_be_read():
     # Each was reported on its own line: the summary must not say "0 unreadable" alone.
-    r = SearchResult("lib", "bird", 0.5, failed=[("lib/a.jpg", "empty file")],
-                     skipped=[Skipped("lib/locked", "cannot read folder (Permission denied)"),
-                              Skipped("lib/loop", "symbolic link loop (back to lib): not followed", serious=False)])
+    r = SearchResult("lib", "bird", 0.5, failed=[FileProblem("lib/a.jpg", "empty file")],
+                     skipped=[FileProblem("lib/locked", "cannot read folder (Permission denied)"),
+                              FileProblem("lib/loop", "symbolic link loop (back to lib): not followed", serious=False)])
     assert r.unreadable() == "1 unreadable, 1 unreadable folder"
     assert SearchResult("lib", "bird", 0.5).unreadable() == "0 unreadable"
 

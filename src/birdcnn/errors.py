@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -28,6 +29,22 @@ def display_path(path: str | bytes | os.PathLike) -> str:
         else:
             out.append(ch.encode("unicode_escape").decode("ascii"))
     return "$'" + "".join(out) + "'"
+
+
+@dataclass(frozen=True, order=True)
+class FileProblem:
+    """A file or folder that could not be used, and why: an unreadable photo, a folder that cannot
+    be listed, a link loop. The run goes on without it and reports it. `path` is the name as given
+    (str() shows it as `display_path` does); `serious`: its contents are missed (the run exits 1),
+    not only a warning (a second link to a folder already scanned)."""
+
+    path: str
+    problem: str
+    serious: bool = True
+
+    def __str__(self) -> str:
+        """'path: problem', the line people read (as ImageError says it)."""
+        return f"{display_path(self.path)}: {self.problem}"
 
 
 class BirdcnnError(Exception):

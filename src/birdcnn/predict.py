@@ -12,7 +12,7 @@ import numpy as np
 
 from .backends import BACKENDS
 from .devices import add_device_argument, chosen_device
-from .errors import BirdcnnError, ImageError, display_path
+from .errors import BirdcnnError, FileProblem, ImageError, display_path
 from .images import is_image_path, load_for_model
 from .modelfile import Classifier, load_model
 
@@ -53,10 +53,10 @@ def _fill(model: Classifier, good: list[tuple[int, np.ndarray]], records: list[d
             records[i].update(model.record(p))
 
 
-def expand_inputs(items: list[str]) -> list[Path | ImageError]:
+def expand_inputs(items: list[str]) -> list[Path | FileProblem]:
     """Files as given; a folder contributes the images directly inside it (sorted), or, when it
-    holds none or cannot be listed, an `ImageError` in its place (that item fails, not the run)."""
-    paths: list[Path | ImageError] = []
+    holds none or cannot be listed, a `FileProblem` in its place (that item fails, not the run)."""
+    paths: list[Path | FileProblem] = []
     for item in items:
         p = Path(item)
         if not os.path.isdir(p):  # False, not an error, for a name the system refuses: open_image says why
@@ -65,9 +65,10 @@ def expand_inputs(items: list[str]) -> list[Path | ImageError]:
         try:
             inside = sorted(q for q in p.iterdir() if q.is_file() and is_image_path(q))
         except OSError as e:
-            paths.append(ImageError(p, f"cannot list folder ({e.strerror or e})"))
+            paths.append(FileProblem(str(p), f"cannot list folder ({e.strerror or e})"))
             continue
-        paths.extend(inside or [ImageError(p, "folder holds no images (use 'birdcnn search' for nested folders)")])
+        empty = FileProblem(str(p), "folder holds no images (use 'birdcnn search' for nested folders)")
+        paths.extend(inside or [empty])
     return paths
 
 

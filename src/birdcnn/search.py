@@ -30,12 +30,12 @@ import numpy as np
 
 from . import __version__
 from .decode_workers import InProcessPool, decode_chunk, worker_init
-from .errors import BirdcnnError
+from .errors import BirdcnnError, FileProblem
 from .images import OtherFiles
 from .interrupts import StopOnCtrlC
 from .search_log import LOG_FORMAT, ResultLog
 from .shards import Shard
-from .walk import Skipped, walk_images
+from .walk import walk_images
 
 if TYPE_CHECKING:
     from .modelfile import Classifier
@@ -54,8 +54,8 @@ class SearchResult:
     matches: list[tuple[str, float]] = field(default_factory=list)
     scored: int = 0                 # photos scored in this run
     resumed: int = 0                # photos already scored in --output by an earlier run
-    failed: list[tuple[str, str]] = field(default_factory=list)   # (path, problem)
-    skipped: list[Skipped] = field(default_factory=list)
+    failed: list[FileProblem] = field(default_factory=list)    # photos that could not be read
+    skipped: list[FileProblem] = field(default_factory=list)   # folders not scanned (walk_images)
     other: OtherFiles = field(default_factory=OtherFiles)  # files that are not images, by suffix
     shard: str | None = None        # "K/N" with --shard
     outside_shard: int = 0          # photos left to the other shards
@@ -74,13 +74,13 @@ class SearchResult:
                                                    if folders else "")
 
     def summary(self) -> dict:
-        reasons = Counter(problem.split(" (")[0] for _, problem in self.failed)
+        reasons = Counter(f.problem.split(" (")[0] for f in self.failed)
         return {
             "folder": self.folder, "class": self.target, "min_probability": round(self.min_probability, 6),
             "scanned": self.scored + self.resumed + len(self.failed), "scored": self.scored + self.resumed,
             "scored_now": self.scored, "resumed": self.resumed,
             "matched": len(self.matches), "failed": len(self.failed), "failure_reasons": dict(reasons),
-            "failures": [{"path": p, "problem": m} for p, m in self.failed],
+            "failures": [{"path": f.path, "problem": f.problem} for f in self.failed],
             "skipped": [{"path": s.path, "problem": s.problem} for s in self.skipped],
             "shard": self.shard, "outside_shard": self.outside_shard,
             "interrupted": self.interrupted, "seconds": round(self.seconds, 2),
@@ -92,7 +92,7 @@ def _chunks(folder: str, done: set[str], result: SearchResult, shard: Shard | No
     """The photos to score, in chunks: not those already `done`, nor another shard's."""
     chunk: list[str] = []
     for item in walk_images(folder, result.other):
-        if isinstance(item, Skipped):
+        if isinstance(item, FileProblem):
             result.skipped.append(item)
             continue
         rel = os.path.relpath(item, folder) if done or shard else ""
@@ -197,7 +197,7 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     def collect(decoded: list[tuple[str, np.ndarray | str]]) -> None:
         for path, v in decoded:
             if isinstance(v, str):
-                result.failed.append((path, v))
+                result.failed.append(FileProblem(path, v))
                 if log:
                     log.write({"path": path, "error": v})
             else:

@@ -9,7 +9,7 @@ import sys
 from .backends import BACKENDS
 from .contact_sheet import write_contact_sheet
 from .devices import add_device_argument, chosen_device
-from .errors import BirdcnnError, display_path
+from .errors import BirdcnnError, FileProblem, display_path
 from .search import SearchResult, search
 from .search_formats import FORMATS, format_of, write_output
 from .search_log import SearchLog, is_search_log, read_log, setting
@@ -95,7 +95,7 @@ def result_from_log(log: SearchLog, min_probability: float) -> SearchResult:
     r = SearchResult(log.folder, log.header["class"], float(min_probability))
     for rec in log.records.values():
         if "error" in rec:
-            r.failed.append((rec["path"], rec["error"]))
+            r.failed.append(FileProblem(rec["path"], rec["error"]))
             continue
         r.resumed += 1
         if rec["probability"] >= min_probability:
@@ -182,12 +182,11 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     _show(r, args)
     for s in r.skipped:
-        print(f"birdcnn search: {'error' if s.serious else 'warning'}: {display_path(s.path)}: {s.problem}",
-              file=sys.stderr)
+        print(f"birdcnn search: {'error' if s.serious else 'warning'}: {s}", file=sys.stderr)
     if r.other:
         print(f"birdcnn search: passed over {len(r.other)} files that are not images: {r.other}", file=sys.stderr)
-    for path, problem in r.failed:
-        print(f"birdcnn search: error: {display_path(path)}: {problem}", file=sys.stderr)
+    for f in r.failed:
+        print(f"birdcnn search: error: {f}", file=sys.stderr)
     s = r.summary()
     shard = f"shard {r.shard} ({r.outside_shard} photos in the other shards): " if r.shard else ""
     print(f"birdcnn search: {shard}{s['scanned']} photos scanned ({r.scored} now at {r.photos_per_second:.0f} photos/s"

@@ -2,26 +2,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Iterator
 
+from .errors import FileProblem
 from .images import IMAGE_SUFFIXES, OtherFiles
 
 
-@dataclass(frozen=True)
-class Skipped:
-    """A folder entry that was not scanned. `serious`: its contents may be missed (exit code 1);
-    a symbolic link loop or a second link to a folder already scanned is only a warning."""
-
-    path: str
-    problem: str
-    serious: bool = True
-
-
-def walk_images(root: str | os.PathLike, other: OtherFiles | None = None) -> Iterator[str | Skipped]:
+def walk_images(root: str | os.PathLike, other: OtherFiles | None = None) -> Iterator[str | FileProblem]:
     """Yield the image paths under `root` (recursively, sorted, following symbolic links) and a
-    `Skipped` for every folder that cannot be read or would be scanned twice; `other` counts the
-    files passed over as not images (hidden ones aside).
+    `FileProblem` for every folder that cannot be read (serious: its photos are missed) or would be
+    scanned twice (a symbolic link loop, a second link to a folder: only a warning); `other` counts
+    the files passed over as not images (hidden ones aside).
 
     Each real folder (device, inode) is entered once: a link back to an ancestor is reported as a
     loop instead of being followed forever, and a second link to a folder is not scanned twice.
@@ -36,7 +27,7 @@ def walk_images(root: str | os.PathLike, other: OtherFiles | None = None) -> Ite
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            yield Skipped(folder, f"cannot read folder ({e.strerror or e})")
+            yield FileProblem(folder, f"cannot read folder ({e.strerror or e})")
             continue
         subfolders = []
         for e in entries:
@@ -48,13 +39,13 @@ def walk_images(root: str | os.PathLike, other: OtherFiles | None = None) -> Ite
                 try:
                     s = e.stat()
                 except OSError as err:
-                    yield Skipped(e.path, f"cannot read folder ({err.strerror or err})")
+                    yield FileProblem(e.path, f"cannot read folder ({err.strerror or err})")
                     continue
                 key = (s.st_dev, s.st_ino)
                 if key in ancestors:
-                    yield Skipped(e.path, f"symbolic link loop (back to {seen[key]}): not followed", serious=False)
+                    yield FileProblem(e.path, f"symbolic link loop (back to {seen[key]}): not followed", serious=False)
                 elif key in seen:
-                    yield Skipped(e.path, f"same folder as {seen[key]}: not scanned twice", serious=False)
+                    yield FileProblem(e.path, f"same folder as {seen[key]}: not scanned twice", serious=False)
                 else:
                     seen[key] = e.path
                     subfolders.append((e.path, ancestors + (key,)))
