@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from birdcnn import data as D
-from birdcnn.errors import DataError
+from birdcnn.errors import DataError, FileProblem
 from birdcnn.images import HEIF_PLUGIN, fit_square, load_for_model, readable_suffixes
 from birdcnn.train import TrainConfig, prepare_data
 
@@ -63,7 +63,29 @@ def test_other_sizes_and_unreadable_files_are_reported(photos, tmp_path):
     ds = D.load_split(tmp_path / "photos", "train", size=48)
     assert ds.classes == ["bird", "not_bird"] and np.bincount(ds.labels).tolist() == [10, 30]
     assert ds.images.shape == (40, 48, 48, 3)
-    assert len(ds.skipped) == 1 and "broken.jpg" in ds.skipped[0] and "not an image" in ds.skipped[0]
+    assert len(ds.skipped) == 1 and ds.skipped[0].path.endswith("broken.jpg")
+    assert "not an image" in ds.skipped[0].problem and str(ds.skipped[0]).startswith(ds.skipped[0].path + ": ")
+
+
+def test_skipped_files_keep_path_and_problem_apart_through_the_cache(cifar_small, tmp_path, monkeypatch):
+    # A name may hold ": ": the cache keeps the path and the problem as two fields, not one line to split.
+    monkeypatch.setenv("BIRDCNN_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(cifar_small / "test" / "bird", tmp_path / "data" / "bird")
+    shutil.copytree(cifar_small / "test" / "cat", tmp_path / "data" / "cat")
+    bad = tmp_path / "data" / "bird" / "a: b.jpg"
+    bad.write_bytes(b"not really a jpeg")
+    first = D.load_split(tmp_path / "data", "train")
+    [cached] = (tmp_path / "cache" / "arrays").glob("*.npz")
+    again = D.load_split(tmp_path / "data", "train")  # from the cache
+    assert first.skipped == again.skipped and [f.path for f in again.skipped] == [str(bad)]
+    assert again.skipped[0].problem.startswith("not an image")
+    # A cache written before the two fields were kept (only "path: problem" text) is decoded again.
+    with np.load(cached) as z:
+        old = {k: z[k] for k in z.files if k not in ("skipped_path", "skipped_problem")}
+    np.savez(cached, **old)
+    assert D.load_split(tmp_path / "data", "train").skipped == first.skipped
+    with np.load(cached) as z:
+        assert [os.fsdecode(p) for p in z["skipped_path"]] == [str(bad)]
 
 
 def test_links_to_nothing_are_skipped_and_reported(cifar_small, tmp_path, monkeypatch):
@@ -73,8 +95,9 @@ def test_links_to_nothing_are_skipped_and_reported(cifar_small, tmp_path, monkey
     (tmp_path / "data" / "bird" / "dangling.jpg").symlink_to("gone.jpg")
     (tmp_path / "data" / "cat" / "loop.jpg").symlink_to("loop.jpg")
     ds = D.load_split(tmp_path / "data", "train")
-    assert len(ds) == 40 and sorted(ds.skipped) == [f"{tmp_path}/data/bird/dangling.jpg: broken symbolic link",
-                                                    f"{tmp_path}/data/cat/loop.jpg: symbolic link loop"]
+    assert len(ds) == 40 and sorted(ds.skipped) == [
+        FileProblem(f"{tmp_path}/data/bird/dangling.jpg", "broken symbolic link"),
+        FileProblem(f"{tmp_path}/data/cat/loop.jpg", "symbolic link loop")]
     # The link mended: the listing (the cache key) changes, and the photo is used.
     shutil.copy(cifar_small / "test" / "bird" / "0000.jpg", tmp_path / "data" / "bird" / "gone.jpg")
     mended = D.load_split(tmp_path / "data", "train")
@@ -425,7 +448,8 @@ def test_archive_member_that_cannot_be_extracted_is_reported_every_time(cifar_sm
         tar.addfile(info, io.BytesIO(b"x"))
     for _ in range(2):  # extracted, then from the cache: the member is still reported
         ds = D.load_split(arc, "train")
-        assert len(ds) == 200 and ds.skipped == [f"{arc}: data/bird/{long}: cannot extract (File name too long)"]
+        assert len(ds) == 200 and [str(f) for f in ds.skipped] == [
+            f"{arc}: data/bird/{long}: cannot extract (File name too long)"]
 
 
 def test_unsafe_archive_member_refuses_the_archive(cifar_small, tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ import numpy as np
 
 from .atomic import write_atomic
 from .decode_workers import InProcessPool
-from .errors import DataError, ImageError, display_path
+from .errors import DataError, FileProblem, ImageError, display_path
 from .images import OtherFiles, is_image_path, load_for_model
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -47,7 +47,7 @@ class Dataset:
     classes: list[str]
     fingerprint: str = ""
     paths: list[str] | None = None
-    skipped: list[str] = field(default_factory=list)  # "path: problem" for unreadable files
+    skipped: list[FileProblem] = field(default_factory=list)  # unreadable files (and folders)
     source_classes: list[str] | None = None  # the classes this data can hold, when fewer than `classes`
     other: OtherFiles = field(default_factory=OtherFiles)  # files passed over as not images, by suffix
 
@@ -189,17 +189,17 @@ class _LinkToNothing(type(Path())):
         return super().stat(follow_symlinks=False)
 
 
-def _walk_files(folder: str | Path, unreadable: list[str] | None = None) -> Iterator[os.DirEntry]:
+def _walk_files(folder: str | Path, unreadable: list[FileProblem] | None = None) -> Iterator[os.DirEntry]:
     """The files under `folder` in os.walk's order (a folder's files by name, then its sub-folders
     by name), links to folders not followed, as os.walk does; the entries tell links apart for free.
     A folder that cannot be read (no permission, a path over the system's limit) is passed over,
-    as os.walk does, and added to `unreadable` as "path: problem"."""
+    as os.walk does, and added to `unreadable`."""
     try:
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as e:
         if unreadable is not None:
-            unreadable.append(f"{display_path(folder)}: cannot read folder ({e.strerror or e})")
+            unreadable.append(FileProblem(os.fspath(folder), f"cannot read folder ({e.strerror or e})"))
         return
     subfolders = []
     for e in entries:
@@ -219,7 +219,7 @@ class ClassFolderListing(NamedTuple):
     classes: list[str]
     files: list[tuple[Path, int]]  # (image file, class index); links to nothing included: decoding reports them
     other: OtherFiles              # files passed over as not images, by suffix: str() is the one-line report
-    unreadable: list[str]          # "folder: problem" for folders that could not be read: to report as skipped
+    unreadable: list[FileProblem]  # folders that could not be read: to report as skipped
 
 
 def scan_class_folder(root: Path, classes: list[str] | None = None) -> ClassFolderListing:
@@ -245,16 +245,16 @@ def list_class_folder(root: Path, classes: list[str] | None = None) -> tuple[lis
     return listing.classes, listing.files
 
 
-def _decode_one(args: tuple[str, int]) -> np.ndarray | str:
+def _decode_one(args: tuple[str, int]) -> np.ndarray | FileProblem:
     path, size = args
     try:
         return load_for_model(path, size)
     except ImageError as e:
-        return str(e)
+        return FileProblem(e.path, e.problem)
 
 
 def decode_files(paths: list[Path], size: int, workers: int | None = None,
-                 desc: str = "decoding") -> tuple[np.ndarray, list[int], list[str]]:
+                 desc: str = "decoding") -> tuple[np.ndarray, list[int], list[FileProblem]]:
     """Decode image files in parallel to (N, size, size, 3) uint8; returns (images, ok_indices, problems)."""
     from tqdm import tqdm
 
@@ -266,7 +266,7 @@ def decode_files(paths: list[Path], size: int, workers: int | None = None,
     with ProcessPoolExecutor(workers) if len(paths) > 500 and workers > 1 else InProcessPool() as ex:
         results = ex.map(_decode_one, jobs, chunksize=256)
         for i, r in enumerate(tqdm(results, total=len(jobs), desc=desc, disable=not show, unit="img")):
-            if isinstance(r, str):
+            if isinstance(r, FileProblem):
                 problems.append(r)
             else:
                 out[len(ok)] = r
@@ -288,10 +288,13 @@ def _load_class_folder(root: Path, classes: list[str] | None, size: int) -> Data
         try:
             with np.load(cached, allow_pickle=False) as z:
                 # Paths are stored as the file system's bytes (older caches: text); fsdecode takes both.
+                # A cache without skipped_path/skipped_problem (written before they were kept apart:
+                # "path: problem" text cannot be split back, a path may hold ": ") is rebuilt below.
+                pairs = zip(z["skipped_path"], z["skipped_problem"], strict=True)
+                skipped = [FileProblem(os.fsdecode(p), str(m)) for p, m in pairs]
                 return Dataset(z["images"], z["labels"], [str(c) for c in z["classes"]], fingerprint,
-                               [str(os.fsdecode(p)) for p in z["paths"]], [str(s) for s in z["skipped"]] + unreadable,
-                               other=other)
-        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
+                               [str(os.fsdecode(p)) for p in z["paths"]], skipped + unreadable, other=other)
+        except Exception:  # noqa: BLE001 - a damaged (or older) cache is rebuilt, never trusted
             cached.unlink(missing_ok=True)
     images, ok, problems = decode_files([p for p, _ in files], size, desc=f"decoding {root.name}")
     if not ok:
@@ -301,11 +304,14 @@ def _load_class_folder(root: Path, classes: list[str] | None, size: int) -> Data
     paths = [str(files[i][0]) for i in ok]
     ds = Dataset(images, labels, found, fingerprint, paths, problems + unreadable, other=other)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    # Paths as bytes: exactly the names on disk, whatever their encoding (problems are already
-    # printable text, display_path'd by ImageError).
+    # Paths as bytes: exactly the names on disk, whatever their encoding. `skipped` ("path: problem"
+    # text) is what an older birdcnn reads; this one reads the two fields apart.
     write_atomic(cached, lambda tmp: np.savez(tmp, images=images, labels=labels, classes=np.array(found),
                                               paths=np.array([os.fsencode(p) for p in paths], dtype=bytes),
-                                              skipped=np.array(problems, dtype=str)))
+                                              skipped=np.array([str(f) for f in problems], dtype=str),
+                                              skipped_path=np.array([os.fsencode(f.path) for f in problems],
+                                                                    dtype=bytes),
+                                              skipped_problem=np.array([f.problem for f in problems], dtype=str)))
     return ds
 
 
@@ -413,8 +419,9 @@ class ResolvedSource:
     path: Path                   # the archive, the folder of CIFAR batches, or the folder of class folders
     split_folders: bool = False  # class folders in train/ and/or test/ sub-folders
     archive: Path | None = None  # the user's archive that `path` was extracted from (into the cache)
-    # Archive members that could not be extracted: (where in the cache it would be, "archive: member: problem").
-    unextracted: tuple[tuple[Path, str], ...] = ()
+    # Archive members that could not be extracted: (where in the cache it would be, the archive and
+    # "member: problem").
+    unextracted: tuple[tuple[Path, FileProblem], ...] = ()
 
     @property
     def name(self) -> Path:
@@ -439,7 +446,7 @@ class ResolvedSource:
                             f"it has a {other}/ folder of class folders but no {split}/ ({hint})")
         return self.path / split, class_names(*(self.path / s for s in present))
 
-    def unextracted_under(self, root: Path) -> list[str]:
+    def unextracted_under(self, root: Path) -> list[FileProblem]:
         """The problems of the archive members that would lie under `root` (a split's folder),
         to be reported with that split's unreadable images."""
         return [problem for where, problem in self.unextracted if where.is_relative_to(root)]
@@ -488,7 +495,7 @@ def resolve_source(source: str | Path | ResolvedSource) -> ResolvedSource:
             return ResolvedSource("cifar-archive", path)
         archive, (extracted, left_out) = path, _extract_archive(path)
         path = _folder_root(extracted)
-        unextracted = tuple((extracted / name, f"{display_path(archive)}: {display_path(name)}: {problem}")
+        unextracted = tuple((extracted / name, FileProblem(str(archive), f"{display_path(name)}: {problem}"))
                             for name, problem in left_out)
     else:
         archive, unextracted = None, ()

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import data as D
 from . import metrics as M
-from .errors import DataError
+from .errors import DataError, FileProblem
 from .images import OtherFiles
 from .modelfile import Classifier
 from .sources import canonical_class
@@ -40,7 +40,7 @@ class Source:
     split: str                      # "test" (the source's test split) or "all" (no split: every image)
     classes: list[str]
     count: int                      # images listed (before unreadable ones are skipped)
-    skipped: list[str] = field(default_factory=list)  # "path: problem", filled while iterating
+    skipped: list[FileProblem] = field(default_factory=list)  # unreadable images, filled while iterating
     _dataset: D.Dataset | None = None
     _files: list[tuple[Path, int]] | None = None
     size: int = 32
@@ -127,7 +127,7 @@ class Evaluation:
     bird: dict                       # bird-vs-not-bird metrics at `threshold`
     classes: dict | None             # multi-class metrics, when the model and data allow them
     classes_note: str | None         # why `classes` is absent, for people
-    skipped: list[str]
+    skipped: list[str]               # the unreadable images as reported: "path: problem" (str of FileProblem)
     seconds: float
     is_positive: np.ndarray          # (N,) bool: the image shows the positive class
     scores: np.ndarray               # (N,) float: the model's calibrated p(positive)
@@ -258,7 +258,7 @@ def evaluate(model: Classifier, source: str | Source, model_name: str = "", thre
                  "tn": cand["neg_low"].where(cand["neg_low"].scores < threshold)}
     return Evaluation(model=model_name, data=src.name, split=src.split, positive=model.positive,
                       threshold=float(threshold), threshold_rule=rule, target=target, bird=bird, classes=classes,
-                      classes_note=note, skipped=list(src.skipped), seconds=time.perf_counter() - t0,
+                      classes_note=note, skipped=[str(f) for f in src.skipped], seconds=time.perf_counter() - t0,
                       is_positive=y, scores=scores, class_confidence=conf, class_correct=correct,
                       galleries=galleries, data_classes=list(src.classes),
                       false_alarms=false_alarms(labels, scores, threshold, is_pos_of, src.classes))
