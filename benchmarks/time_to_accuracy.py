@@ -5,6 +5,7 @@ Trains the default recipe from scratch with `birdcnn.train.train` (the same code
 epoch outside the timed part: the times printed are training time only.
 
     python benchmarks/time_to_accuracy.py [--data ../shared/data/cifar10-jpeg.tar.gz] [--epochs N]
+    python benchmarks/time_to_accuracy.py --preset quick     # the "fast to a good model" preset
 """
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ def main() -> None:
     ap.add_argument("--arch", default="fast")
     ap.add_argument("--epochs", type=float, help="training length (default: the recipe's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--preset", help="a birdcnn.train.PRESETS entry (e.g. quick)")
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--start-size", type=int, help="progressive resizing: the first epochs at this size")
+    ap.add_argument("--start-epochs", type=float)
+    ap.add_argument("--val-size", type=int, help="images held out for validation (default: the recipe's)")
     args = ap.parse_args()
     facts = print_machine_facts()
     test = load_split(args.data, "test")
@@ -41,12 +47,16 @@ def main() -> None:
                 reached[t] = seconds
 
     with tempfile.TemporaryDirectory() as tmp:
-        train(TrainConfig(data=args.data, arch=args.arch, epochs=args.epochs, seed=args.seed, out=tmp),
-              on_epoch=on_epoch)
+        cfg = TrainConfig(data=args.data, arch=args.arch, epochs=args.epochs, seed=args.seed, out=tmp,
+                          preset=args.preset, batch_size=args.batch_size, start_size=args.start_size,
+                          start_epochs=args.start_epochs, val_size=args.val_size)
+        print("config:", {k: v for k, v in vars(cfg.resolved()).items() if k not in ("recipe", "data", "out")},
+              flush=True)
+        train(cfg, on_epoch=on_epoch)
     for t in TARGETS:
         when = f"{reached[t]:.0f} s ({reached[t] / 60:.1f} min)" if t in reached else "not reached"
         print(f"time to {t:.0%} test accuracy: {when}")
-    print_summary({"benchmark": "time_to_accuracy", "arch": args.arch, "epochs": args.epochs,
+    print_summary({"benchmark": "time_to_accuracy", "arch": args.arch, "epochs": args.epochs, "preset": args.preset,
                    "final_test_accuracy": curve[-1]["test_accuracy"] if curve else None,
                    **{f"seconds_to_{int(t * 100)}": (round(reached[t], 1) if t in reached else None) for t in TARGETS},
                    "curve": curve, **facts})

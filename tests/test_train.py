@@ -326,3 +326,19 @@ def test_impossible_sizes_are_one_line_errors(args, words, cifar_small, tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
     assert not out.exists()
+
+
+def test_a_preset_fills_only_the_fields_left_unset():
+    from birdcnn.errors import BirdcnnError
+    from birdcnn.train import PRESETS, TrainConfig
+
+    quick = PRESETS["quick"]
+    cfg = TrainConfig(data="x", preset="quick").resolved()
+    assert (cfg.epochs, cfg.batch_size, cfg.start_size, cfg.start_epochs, cfg.val_size) == (
+        quick["epochs"], quick["batch_size"], quick["start_size"], quick["start_epochs"], quick["val_size"])
+    assert cfg.lr == TrainConfig(data="x").resolved().lr  # the rest is the arch's recipe
+    assert TrainConfig(data="x", preset="quick", epochs=3.0, start_epochs=1.0).resolved().epochs == 3.0
+    with pytest.raises(BirdcnnError, match="unknown --preset"):
+        TrainConfig(data="x", preset="slow").resolved()
+    with pytest.raises(BirdcnnError, match="a recipe for --arch fast"):
+        TrainConfig(data="x", arch="tiny", preset="quick").resolved()

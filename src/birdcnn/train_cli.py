@@ -8,6 +8,7 @@ import sys
 from .argtypes import non_negative_float, non_negative_int, positive_float, positive_int, ranged
 from .devices import add_device_argument, check_device
 from .models import ARCHITECTURES
+from .train import PRESETS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,8 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the model's view of an image, in pixels (default 32; CIFAR-10's thumbnails are upsampled)")
     p.add_argument("--start-size", type=positive_int, metavar="PX",
                    help="progressive resizing: train the first --start-epochs at this smaller size (faster)")
-    p.add_argument("--start-epochs", type=positive_float, default=0.0, metavar="N",
-                   help="epochs at --start-size (default 0)")
+    p.add_argument("--start-epochs", type=positive_float, metavar="N", help="epochs at --start-size")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="quick: as good as possible in a few minutes (fewer, smaller epochs; docs/RESULTS.md); "
+                        "without it, the recipe of the best model")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
     add_augment_arguments(p)
 
@@ -81,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         raise BirdcnnError("--resume needs --out RUN_DIR (the run to continue)")
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}"
-                   for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "extra_positive")
+                   for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "extra_positive", "preset",
+                             "start_size", "start_epochs")
                    if getattr(args, k) is not None]
         if ignored:
             print(f"note: --resume continues the run as first configured; ignoring {', '.join(ignored)}",
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
                       augment=augment_overrides(args), val_size=args.val_size, seed=args.seed, out=args.out,
                       device=None if args.device == "auto" else args.device, bf16=args.bf16,
                       input_size=args.input_size, start_size=args.start_size, start_epochs=args.start_epochs,
+                      preset=args.preset,
                       **({} if args.target_precision is None else {"target_precision": args.target_precision}))
     train(cfg, resume=args.resume, command="birdcnn " + shlex.join(args._argv))
     return 0
