@@ -1,7 +1,7 @@
 """`birdcnn augment-preview`: what "more data" means, before training.
 
 Shows N synthetic versions of one photo made by the very `Augment` that `birdcnn train` uses,
-at the 32x32 size training sees, with the same switches and strengths.
+at the size training sees (`--input-size`, as `birdcnn train`'s), with the same switches and strengths.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .argtypes import positive_int
 from .atomic import save_figure
 from .augment import Augment
 from .errors import BirdcnnError
@@ -19,8 +20,6 @@ from .images import FIGURE_SUFFIXES, display_path, load_for_model
 from .runs import default_run_dir
 from .train import RECIPES
 from .train_cli import add_augment_arguments, augment_overrides
-
-INPUT_SIZE = 32          # what training sees (train.py always trains at 32x32)
 
 
 def augmented_versions(u8: np.ndarray, augment: Augment, n: int, seed: int = 0) -> np.ndarray:
@@ -71,6 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from this network's training recipe (default: article, the richest: flips, "
                         "±25° rotations, blur; train's default 'fast' uses flips and 2 px shifts)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--input-size", type=positive_int, default=32, metavar="PX",
+                   help="the view training sees, in pixels (default 32, as birdcnn train)")
     add_augment_arguments(p)
 
 
@@ -81,14 +82,15 @@ def run(args: argparse.Namespace) -> int:
     if (settings["shift"] < 0 or settings["rotate"] < 0 or settings["blur"] < 0
             or not 0 <= settings.get("blur_p", 0.5) <= 1):
         raise BirdcnnError("--shift, --rotate and --blur must be >= 0, and --blur-p between 0 and 1")
-    if settings["shift"] >= INPUT_SIZE // 2:
-        raise BirdcnnError(f"--shift must be below {INPUT_SIZE // 2} pixels (images are {INPUT_SIZE}x{INPUT_SIZE})")
+    size = args.input_size
+    if settings["shift"] >= size // 2:
+        raise BirdcnnError(f"--shift must be below {size // 2} pixels (images are {size}x{size})")
     augment = Augment(**settings)
     out = Path(args.out) if args.out else default_run_dir("augment-preview").with_suffix(".png")
     if out.suffix.lower() not in FIGURE_SUFFIXES:
         raise BirdcnnError(f"{display_path(out)}: --out must end in one of {', '.join(sorted(FIGURE_SUFFIXES))}")
 
-    u8 = load_for_model(args.image, INPUT_SIZE)  # exactly what predict sees
+    u8 = load_for_model(args.image, size)  # exactly what predict sees
     versions = augmented_versions(u8, augment, args.n, args.seed)
     fig = preview_figure(u8, versions, augment,
                          f"{display_path(Path(args.image).name)}: {args.n} synthetic training images "

@@ -5,7 +5,7 @@ pooling layer (found by type, so any architecture built from `nn.Conv2d`/pooling
 works), then one backward pass for Grad-CAM and a gradient saliency map. Writes one PNG per
 step and a combined figure that reads left to right:
 
-  photo -> the 32x32 input -> overlapping tiles -> first-layer filters and feature maps
+  photo -> the model's input (e.g. 40x40) -> overlapping tiles -> first-layer filters and feature maps
   -> max-pooling -> deeper layers -> class probabilities -> Grad-CAM on the photo.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`birdcnn locate`: where in the photo is the bird? A sliding window, scored in batches.
 
 For each scale (a window side as a fraction of the photo's shorter side) the photo is resized
-so that the window becomes exactly the network's 32x32 input; `Tensor.unfold` then cuts every
+so that the window becomes exactly the network's input (e.g. 40x40); `Tensor.unfold` then cuts every
 window at once and the network scores them as one batch. Window scores are painted back into a
 heat map, and the best windows, after non-maximum suppression, are the boxes.
 
@@ -207,7 +207,7 @@ def photo_size(path: str | Path) -> tuple[int, int]:
 def locate_file(path: str | Path, model: Classifier, scales: list[float] = DEFAULT_SCALES, **kwargs) -> Located:
     """`locate` on a photo file, decoding only as many pixels as the smallest window needs."""
     t0 = time.perf_counter()
-    # Smallest window -> 32 px means the shorter side needs 32 / min(scale) pixels; at least
+    # Smallest window -> the input size (e.g. 40 px): the shorter side needs 40 / min(scale) pixels; at least
     # 512 so the heat-map picture stays sharp.
     need = max(512, math.ceil(model.input_size / min(scales)))
     im = open_image(path, min_size=need)

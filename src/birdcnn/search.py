@@ -3,7 +3,7 @@
 The pipeline streams, so memory stays flat however large the collection is:
 
     walk (walk.py: main process, sorted, symlink loops reported) -> chunks of paths
-      -> worker processes decode only the pixels needed (JPEG draft mode) to 32x32 views (decode_workers.py)
+      -> worker processes decode only the pixels needed (JPEG draft mode) to the model's views (decode_workers.py)
       -> main process scores batches of views with the network
       -> one flushed JSON line per photo in the log (search_log.py), matches kept as (path, probability)
 
