@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise BirdcnnError(f"--n must be between 1 and 400, not {args.n}")
     settings = {**RECIPES[args.arch]["augment"], **augment_overrides(args)}
     if (settings["shift"] < 0 or settings["rotate"] < 0 or settings["blur"] < 0
-            or not 0 <= settings.get("blur_p", 0.5) <= 1):
+            or not 0 <= settings.get("blur_p", Augment.blur_p) <= 1):
         raise BirdcnnError("--shift, --rotate and --blur must be >= 0, and --blur-p between 0 and 1")
     size = args.input_size
     if settings["shift"] >= size // 2:

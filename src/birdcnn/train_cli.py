@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         check_device(args.device)
     data = args.data or [""]
     cfg = TrainConfig(data=data[0] if len(data) == 1 else data, source_weights=args.source_weights,
-                      arch=args.arch or "fast", classes=args.classes, positive=args.positive,
+                      arch=args.arch or TrainConfig.arch, classes=args.classes, positive=args.positive,
                       extra_positive=args.extra_positive, balance=args.balance, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
                       augment=augment_overrides(args), val_size=args.val_size, seed=args.seed, out=args.out,
