@@ -92,6 +92,10 @@ def test_augment_preview_grid(photos, tmp_path, capsys):
     w, h = _png(out)
     assert w >= 400 and h >= 200
     assert "rotations up to ±25°" in capsys.readouterr().out  # the article recipe by default
+    # --input-size: the view of a model trained at another size; shifts are checked against it.
+    assert main(["augment-preview", str(photos / BIRD), "--n", "2", "--input-size", "40", "--out", str(out)]) == 0
+    assert main(["augment-preview", str(photos / BIRD), "--input-size", "8", "--shift", "4", "--out", str(out)]) == 2
+    assert "--shift must be below 4 pixels (images are 8x8)" in capsys.readouterr().err
 
 
 def test_augment_preview_uses_the_training_switches(photos):
