@@ -43,11 +43,11 @@ def refused(capsys, *args) -> str:
     return err
 
 
-@pytest.fixture(scope="module")
-def real_images(photos) -> np.ndarray:
-    """The package's sample images (CIFAR-10 test thumbnails) and the 43 shared photos, as the model sees them."""
+def views(photos: Path, size: int) -> np.ndarray:
+    """The package's sample images (CIFAR-10 test thumbnails) and the shared photos, as a model
+    with a `size`-px view sees them."""
     paths = sample_images() + sorted(photos.rglob("*.jpg"))
-    return np.stack([load_for_model(p, 32) for p in paths])
+    return np.stack([load_for_model(p, size) for p in paths])
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,12 @@ def torch_fp32():
     clf = load_model(device="cpu")
     clf.bf16 = False
     return clf
+
+
+@pytest.fixture(scope="module")
+def real_images(photos, torch_fp32) -> np.ndarray:
+    """Real images at the shipped model's view."""
+    return views(photos, torch_fp32.input_size)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +121,8 @@ def test_onnx_export_works_without_its_json(shipped_onnx, tmp_path, real_images)
 
 
 @pytest.mark.parametrize("arch", ["tiny", "article"])
-def test_fresh_networks_of_every_architecture_export(arch, tmp_path, real_images, capsys):
+def test_fresh_networks_of_every_architecture_export(arch, tmp_path, photos, capsys):
+    real_images = views(photos, 32)
     torch.manual_seed(0)
     meta = {"arch": arch, "classes": ["not_bird", "bird"], "positive": "bird", "input_size": 32,
             "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26], "tta": "flip"}
