@@ -308,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         for b in res.boxes:
             print(f"  {100 * b['probability']:5.1f}%  box {b['box']}")
         if not res.boxes:
-            print(f"  no region reaches {res.min_probability:.2f}")
+            print(f"  no region reaches {100 * res.min_probability:.2f}% (the window threshold)")
         print(f"heat map: {heatmap}")
     return 0
 
