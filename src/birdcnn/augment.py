@@ -135,10 +135,7 @@ class PhotoViews:
         out = torch.empty(n, c, self.size, self.size, device=x.device)
         thumb = ~photo
         if thumb.any():  # the exact original (2x2 mean of repeated pixels), then the recipe's shift
-            t = x[thumb]
-            # another size (progressive resizing's smaller first epochs): resampled, antialiased
-            t = F.avg_pool2d(t, s // self.size) if s % self.size == 0 else F.interpolate(
-                t, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+            t = shrink(x[thumb], self.size)
             out[thumb] = random_shift(t, self.shift, gen) if self.shift else t
         m = int(photo.sum())
         if m:  # torchvision's RandomResizedCrop rule, batched
@@ -153,6 +150,18 @@ class PhotoViews:
             p = roi_align(x[photo].contiguous(), boxes, self.size, 1.0, 2, True)
             out[photo] = colour_jitter(p, self.colour, self.grey_p, gen)
         return out
+
+
+def shrink(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, S, S) images at `size` px: an exact mean of pixel blocks when S is a multiple of
+    `size` (a stored copy of repeated pixels gives its original back), otherwise an antialiased
+    bilinear resampling (progressive resizing's smaller first epochs)."""
+    s = x.shape[-1]
+    if s == size:
+        return x
+    if s % size == 0:
+        return F.avg_pool2d(x, s // size)
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def colour_jitter(x: torch.Tensor, amount: float, grey_p: float, gen: torch.Generator | None = None) -> torch.Tensor:

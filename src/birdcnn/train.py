@@ -26,7 +26,7 @@ from . import data as D
 from . import distributed
 from . import sources as S
 from .atomic import save_figure, write_atomic, write_text
-from .augment import Augment, PhotoViews, alternating_flip
+from .augment import Augment, PhotoViews, alternating_flip, shrink
 from .calibrate import calibrate_and_measure
 from .errors import BirdcnnError, DataError, TrainingInterrupted
 from .interrupts import StopOnCtrlC
@@ -280,8 +280,8 @@ class Inputs:
         if self.views is not None:
             self.views.size = size
             x = self.views(x, self.photo[picked], self.positive[picked])
-        elif x.shape[-1] != size:  # thumbnails only, stored at the view's size: an early, smaller epoch
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        else:  # thumbnails only, stored at the view's size (smaller in progressive resizing's first epochs)
+            x = shrink(x, size)
         x = self.normalise(x)
         if self.first_flip is not None:
             x = alternating_flip(x, self.first_flip[picked], epoch)
@@ -292,7 +292,7 @@ class Inputs:
         5000 are airplanes), normalised, for the whitening layer's statistics."""
         sample = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))[:n]
         x = self.images[sample.to(self.device)].permute(0, 3, 1, 2).float()
-        return self.normalise(F.avg_pool2d(x, self.store_scale) if self.store_scale > 1 else x)
+        return self.normalise(shrink(x, x.shape[-1] // self.store_scale))
 
 
 def data_norm(images: np.ndarray) -> dict:
