@@ -7,6 +7,7 @@ With N processes on one machine torchrun gives each one thread: on 2 cores, 1 pr
 threads against 2 processes x 1 thread.
 
     python benchmarks/ddp_scaling.py [--data ../shared/data/cifar10-jpeg.tar.gz] [--epochs 2] [--procs 1 2]
+    python benchmarks/ddp_scaling.py --preset quick     # full length: does 2 processes' accuracy match 1's?
 """
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ from pathlib import Path
 from common import SHARED, print_machine_facts, print_summary
 
 
-def run(n: int, data: str, epochs: float, out: Path) -> dict:
+def run(n: int, data: str, epochs: float | None, preset: str | None, out: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", "birdcnn",
-           "train", "--data", data, "--epochs", str(epochs), "--out", str(out)]
+           "train", "--data", data, "--out", str(out)]
+    cmd += ["--epochs", str(epochs)] if epochs is not None else []
+    cmd += ["--preset", preset] if preset else []
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = json.loads((out / "history.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
@@ -38,14 +41,15 @@ def run(n: int, data: str, epochs: float, out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(SHARED / "cifar10-jpeg.tar.gz"))
-    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--epochs", type=float, help="training length (default: the recipe's or the preset's)")
+    ap.add_argument("--preset", help="a birdcnn.train.PRESETS entry (e.g. quick: a full-length run in ~10 min)")
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
     facts = print_machine_facts()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.procs:
-            rows.append(run(n, args.data, args.epochs, Path(tmp) / f"p{n}"))
+            rows.append(run(n, args.data, args.epochs, args.preset, Path(tmp) / f"p{n}"))
             r = rows[-1]
             print(f"{n} process(es) x {r['threads_each']} thread(s): {r['images_per_second']:7.1f} img/s  "
                   f"{r['train_seconds']:7.1f} s  test accuracy {r['test_accuracy']:.4f}  bird AP {r['bird_ap']:.4f}",
@@ -54,7 +58,7 @@ def main() -> None:
     for r in rows[1:]:
         print(f"scaling {rows[0]['processes']} -> {r['processes']} processes: x{r['images_per_second'] / base:.2f} "
               f"throughput, accuracy {100 * (r['test_accuracy'] - rows[0]['test_accuracy']):+.2f} points")
-    print_summary({"benchmark": "ddp_scaling", "epochs": args.epochs, **facts, "runs": rows})
+    print_summary({"benchmark": "ddp_scaling", "epochs": args.epochs, "preset": args.preset, **facts, "runs": rows})
 
 
 if __name__ == "__main__":
