@@ -1,10 +1,11 @@
-"""What a larger input would cost: the default network's time per photo at 32, 48 and 64 px.
+"""What a larger input or a wider network would cost: the fast network's time per photo at 32, 48 and 64 px.
 
 Search gives the network one thread (the other core decodes JPEGs), so that is measured, in
 bf16 with the flip pair search averages, batch 256; and the training step (forward + backward,
 batch 1024, 2 threads), which sets how many images an hour of training sees.
 
     python benchmarks/input_size.py [--sizes 32 48 64]
+    python benchmarks/input_size.py --sizes 32 40 --widths 64,256,256 80,320,320 96,384,384
 """
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ def timed(fn, repeats: int = 3) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 48, 64])
+    ap.add_argument("--widths", nargs="+", default=["64,256,256"], help="channel widths to compare (train --widths)")
     args = ap.parse_args()
     facts = print_machine_facts()
-    net = build("fast", 283).to(memory_format=torch.channels_last)
     summary = {"benchmark": "input_size", **facts}
     threads = torch.get_num_threads()
-    for size in args.sizes:
+    for widths, size in ((w, s) for w in args.widths for s in args.sizes):
+        net = build("fast", 283, widths=[int(c) for c in widths.split(",")]).to(memory_format=torch.channels_last)
         x = torch.randn(256, 3, size, size).contiguous(memory_format=torch.channels_last)
         net.eval()
         torch.set_num_threads(1)
@@ -59,10 +61,11 @@ def main() -> None:
             loss.backward()
 
         train_ips = len(xb) / timed(step, repeats=2)
-        print(f"{size} px: network {infer_ms:.2f} ms per photo in search (1 thread, flip pair) "
+        print(f"{size} px, widths {widths}: network {infer_ms:.2f} ms per photo in search (1 thread, flip pair) "
               f"-> at most {1000 / infer_ms:.0f} photos/s from the network alone; "
               f"training {train_ips:.0f} images/s (forward + backward, {threads} threads)")
-        summary[f"{size}px"] = {"search_network_ms": round(infer_ms, 2), "train_images_per_s": round(train_ips)}
+        key = f"{size}px" if widths == "64,256,256" else f"{size}px_{widths}"
+        summary[key] = {"search_network_ms": round(infer_ms, 2), "train_images_per_s": round(train_ips)}
     print_summary(summary)
 
 

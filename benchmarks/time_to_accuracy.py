@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--start-size", type=int, help="progressive resizing: the first epochs at this size")
     ap.add_argument("--start-epochs", type=float)
     ap.add_argument("--val-size", type=int, help="images held out for validation (default: the recipe's)")
+    ap.add_argument("--widths", type=int, nargs=3, help="the fast network's channel widths (default 64 256 256)")
     args = ap.parse_args()
     facts = print_machine_facts()
     test = load_split(args.data, "test")
@@ -49,7 +50,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(data=args.data, arch=args.arch, epochs=args.epochs, seed=args.seed, out=tmp,
                           preset=args.preset, batch_size=args.batch_size, start_size=args.start_size,
-                          start_epochs=args.start_epochs, val_size=args.val_size)
+                          start_epochs=args.start_epochs, val_size=args.val_size, widths=args.widths)
         print("config:", {k: v for k, v in vars(cfg.resolved()).items() if k not in ("recipe", "data", "out")},
               flush=True)
         train(cfg, on_epoch=on_epoch)

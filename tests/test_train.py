@@ -319,6 +319,7 @@ def test_progressive_resizing_trains_small_first_then_at_the_models_view(cifar_s
     (["--start-size", "24", "--start-epochs", "6"], "--start-epochs between 0 and --epochs"),
     (["--arch", "article", "--start-size", "24", "--start-epochs", "1"], "not --arch article"),
     (["--input-size", "4"], "--input-size must be 8 to 256 px"),
+    (["--arch", "tiny", "--widths", "8", "16", "16"], "--widths takes three positive channel counts, for --arch fast"),
 ])
 def test_impossible_sizes_are_one_line_errors(args, words, cifar_small, tmp_path, capsys):
     out = tmp_path / "run"
@@ -326,6 +327,20 @@ def test_impossible_sizes_are_one_line_errors(args, words, cifar_small, tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
     assert not out.exists()
+
+
+def test_widths_shape_the_network_and_travel_in_the_model_file(cifar_small, tmp_path):
+    """--widths 8 16 24: the fast network's three groups have those widths, the model file
+    records them, and loading it rebuilds the same network (the weights fit)."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(cifar_small), "--widths", "8", "16", "24", "--epochs", "1",
+                 "--batch-size", "100", "--val-size", "100", "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads((out / "model.json").read_text())["arch_kwargs"] == {"widths": [8, 16, 24]}
+    clf = load_model(out)
+    convs = [m for m in clf.net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs][1:] == [8, 8, 16, 16, 24, 24]
+    probs = clf.probabilities(load_split(cifar_small, "test").images[:4])
+    assert probs.shape == (4, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
 
 
 def test_a_preset_fills_only_the_fields_left_unset():

@@ -67,6 +67,7 @@ PRESETS: dict[str, dict] = {
 class TrainConfig:
     data: str | list[str]               # one --data source or several, trained as one
     arch: str = "fast"
+    widths: list[int] | None = None     # the fast network's three channel widths (default 64, 256, 256)
     classes: str | None = None          # "all" (every class) or "binary" (positive vs rest)
     positive: str = "bird"
     extra_positive: str | None = None
@@ -113,6 +114,8 @@ class TrainConfig:
             raise BirdcnnError("--epochs and --batch-size must be positive")
         if not 8 <= cfg.input_size <= 256:
             raise BirdcnnError(f"--input-size must be 8 to 256 px, not {cfg.input_size}")
+        if cfg.widths is not None and (cfg.arch != "fast" or len(cfg.widths) != 3 or min(cfg.widths) < 1):
+            raise BirdcnnError("--widths takes three positive channel counts, for --arch fast")
         if cfg.start_size is not None:
             if cfg.arch == "article":  # its dense layer is sized for one input
                 raise BirdcnnError("--start-size needs a network that takes any input size (not --arch article)")
@@ -128,8 +131,10 @@ class TrainConfig:
         return self.start_size if self.start_size and epoch < (self.start_epochs or 0) else self.input_size
 
     def arch_kwargs(self) -> dict:
-        """Architecture settings that depend on the config (the article's dense layer on the input size)."""
-        return {"input_size": self.input_size} if self.arch == "article" and self.input_size != 32 else {}
+        """Architecture settings the model file records: the fast network's widths, the article's
+        input size (its dense layer depends on it)."""
+        kw: dict = {"widths": list(self.widths)} if self.widths else {}
+        return kw | ({"input_size": self.input_size} if self.arch == "article" and self.input_size != 32 else {})
 
 
 # ---------------------------------------------------------------- data preparation

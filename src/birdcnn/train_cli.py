@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_argument(p)
     p.add_argument("--input-size", type=positive_int, default=32, metavar="PX",
                    help="the model's view of an image, in pixels (default 32; CIFAR-10's thumbnails are upsampled)")
+    p.add_argument("--widths", type=positive_int, nargs=3, metavar="C",
+                   help="the fast network's channel widths (default 64 256 256; wider: more accurate, slower)")
     p.add_argument("--start-size", type=positive_int, metavar="PX",
                    help="progressive resizing: train the first --start-epochs at this smaller size (faster)")
     p.add_argument("--start-epochs", type=positive_float, metavar="N", help="epochs at --start-size")
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}"
                    for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "extra_positive", "preset",
-                             "start_size", "start_epochs")
+                             "start_size", "start_epochs", "widths")
                    if getattr(args, k) is not None]
         if ignored:
             print(f"note: --resume continues the run as first configured; ignoring {', '.join(ignored)}",
@@ -94,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         check_device(args.device)
     data = args.data or [""]
     cfg = TrainConfig(data=data[0] if len(data) == 1 else data, source_weights=args.source_weights,
-                      arch=args.arch or TrainConfig.arch, classes=args.classes, positive=args.positive,
+                      arch=args.arch or TrainConfig.arch, widths=args.widths, classes=args.classes,
+                      positive=args.positive,
                       extra_positive=args.extra_positive, balance=args.balance, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
                       augment=augment_overrides(args), val_size=args.val_size, seed=args.seed, out=args.out,
