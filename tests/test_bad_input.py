@@ -448,6 +448,10 @@ BAD_METADATA = {
                          "'classes' must be a list of two or more different class names"),
     "arch unknown": ({"arch": "resnet"}, "'arch' must be one of the known architectures"),
     "arch_kwargs not an object": ({"arch_kwargs": [1]}, "'arch_kwargs' must be"),
+    "arch_kwargs: fractional widths": ({"arch_kwargs": {"widths": [1.5, 2, 2]}},
+                                       "'arch_kwargs' {'widths': [1.5, 2, 2]} do not describe a 'fast' network"),
+    "arch_kwargs: two widths": ({"arch_kwargs": {"widths": [8, 16]}}, "do not describe a 'fast' network"),
+    "arch_kwargs: unknown setting": ({"arch_kwargs": {"depth": 50}}, "do not describe a 'fast' network"),
     "input_size too small for the network": ({"input_size": 4}, "'input_size' 4 does not fit the network"),
 }
 

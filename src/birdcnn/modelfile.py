@@ -198,8 +198,14 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
         problem = (f"cannot read ({e.strerror})" if isinstance(e, OSError) and e.strerror
                    else f"not a valid safetensors file ({e})")
         raise ModelFileError(st_path, problem) from None
+    kwargs = meta.get("arch_kwargs", {})
     try:
-        net = build(meta["arch"], len(meta["classes"]), **meta.get("arch_kwargs", {}))
+        net = build(meta["arch"], len(meta["classes"]), **kwargs)
+    except (TypeError, ValueError, IndexError, RuntimeError) as e:
+        first = " ".join(str(e).split())[:120]
+        raise ModelFileError(json_path, f"metadata 'arch_kwargs' {_short(kwargs)} do not describe "
+                                        f"a {meta['arch']!r} network ({first})") from None
+    try:
         _load_weights(net, state, meta, json_path)
     except (KeyError, RuntimeError, TypeError) as e:
         first = " ".join(str(e).split())[:200]  # one line: the header and the first mismatches
