@@ -44,13 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=positive_int, default=32, metavar="PX",
                    help="the model's view of an image, in pixels (default 32; CIFAR-10's thumbnails are upsampled)")
     p.add_argument("--widths", type=positive_int, nargs=3, metavar="C",
-                   help="the fast network's channel widths (default 64 256 256; wider: more accurate, slower)")
+                   help="the fast network's channel widths (default 64 256 256; a step's time grows about as "
+                        "the square of the width)")
     p.add_argument("--start-size", type=positive_int, metavar="PX",
                    help="progressive resizing: train the first --start-epochs at this smaller size (faster)")
     p.add_argument("--start-epochs", type=positive_float, metavar="N", help="epochs at --start-size")
     p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="quick: as good as possible in a few minutes (fewer, smaller epochs; docs/RESULTS.md); "
-                        "without it, the recipe of the best model")
+                   help="quick: as good as possible in a few minutes (a narrower network, fewer and smaller "
+                        "epochs; docs/RESULTS.md); without it, the recipe of the best model")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
     add_augment_arguments(p)
 
