@@ -55,12 +55,13 @@ RECIPES["tiny"] = dict(RECIPES["fast"], batch_size=256)
 # Presets: other settings of TrainConfig's own fields for another aim, on the recipe of `arch`.
 PRESETS: dict[str, dict] = {
     # "As good as possible in a few minutes" (issue 15), measured with benchmarks/time_to_accuracy.py
-    # on the shared JPEG CIFAR-10 (docs/RESULTS.md): 89.7% test accuracy after 539 s of training on
+    # on the shared JPEG CIFAR-10 (docs/RESULTS.md): 89.8% test accuracy after 480 s of training on
     # the 2-core CPU, against 89.3% after 550 s with the default widths (7 epochs) and 88.6% after
     # 522 s for the default recipe cut to 6 epochs. A narrower network (0.57x the FLOPs, 1.4x the
-    # images/s at 32 px) gets more epochs into the minutes; epochs 1-4 at 24 px (~1,350 images/s),
-    # batch 512 (twice the steps of an epoch), 1,000 images held out instead of 5,000.
-    "quick": dict(arch="fast", widths=[48, 192, 192], epochs=10.0, batch_size=512, start_size=24, start_epochs=4.0,
+    # images/s at 32 px) gets more epochs into the minutes; epochs 1-4 at 24 px (~1,350 images/s);
+    # batch 256 (4x the default's steps per epoch at the same images/s: 89.8% after 9 epochs where batch 512
+    # needed 10 epochs and 539 s for 89.7%; batch 128 is 13% slower per image); 1,000 held out.
+    "quick": dict(arch="fast", widths=[48, 192, 192], epochs=9.0, batch_size=256, start_size=24, start_epochs=4.0,
                   val_size=1000),
 }
 
