@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--preset", help="a birdcnn.train.PRESETS entry (e.g. quick)")
     ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--optimizer", choices=["sgd", "muon"], help="default: the recipe's (or the preset's)")
+    ap.add_argument("--lr", type=float, help="default: the recipe's")
     ap.add_argument("--start-size", type=int, help="progressive resizing: the first epochs at this size")
     ap.add_argument("--start-epochs", type=float)
     ap.add_argument("--val-size", type=int, help="images held out for validation (default: the recipe's)")
@@ -50,7 +52,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(data=args.data, arch=args.arch, epochs=args.epochs, seed=args.seed, out=tmp,
                           preset=args.preset, batch_size=args.batch_size, start_size=args.start_size,
-                          start_epochs=args.start_epochs, val_size=args.val_size, widths=args.widths)
+                          start_epochs=args.start_epochs, val_size=args.val_size, widths=args.widths,
+                          optimizer=args.optimizer, lr=args.lr)
         print("config:", {k: v for k, v in vars(cfg.resolved()).items() if k not in ("recipe", "data", "out")},
               flush=True)
         train(cfg, on_epoch=on_epoch)

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from birdcnn.errors import BirdcnnError
 from birdcnn.modelfile import load_model
-from birdcnn.train import TrainConfig, train
+from birdcnn.train import MUON, TrainConfig, train
 
 ARGS = ["--arch", "tiny", "--epochs", "2", "--batch-size", "60", "--val-size", "100", "--seed", "3"]
 
@@ -124,3 +124,14 @@ def test_torchrun_needs_an_out_folder(cifar_small):
     r = torchrun(2, "--data", str(cifar_small), *ARGS)
     assert r.returncode != 0
     assert "birdcnn train: error: training with torchrun needs --out RUN_DIR" in r.stderr
+
+
+def test_muon_trains_data_parallel(cifar_small, tmp_path):
+    """`--optimizer muon` in 2 processes: every rank orthogonalises the same averaged gradients, so
+    the replicas stay identical (the run's final replica check would stop it otherwise)."""
+    out = tmp_path / "run"
+    r = torchrun(2, "--data", str(cifar_small), *ARGS, "--optimizer", "muon", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["training"]["processes"] == 2 and meta["training"]["config"]["optimizer"] == "muon"
+    assert meta["training"]["config"]["lr"] == MUON["lr"]

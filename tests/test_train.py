@@ -274,7 +274,8 @@ def test_optimizer_groups_follow_the_network_roles():
     trainable = [p for p in net.parameters() if p.requires_grad]
     assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
     assert all(p is not net[0].weight for p in grouped)
-    norm, bias, rest = opt.param_groups
+    norm, bias, rest, head = opt.param_groups  # SGD: the filters and the last layer at one rate
+    assert head["params"] == [net[-2].weight] and head["initial_lr"] == rest["initial_lr"]
     assert norm["initial_lr"] == pytest.approx(rest["initial_lr"] * cfg.recipe["bias_scaler"])
     assert bias["params"] == [net[0].bias] and bias["until_epoch"] == WHITENING_BIAS_EPOCHS
     set_learning_rates(opt, 50, 100, WHITENING_BIAS_EPOCHS - 1, "sgd")
@@ -349,9 +350,12 @@ def test_a_preset_fills_only_the_fields_left_unset():
 
     quick = PRESETS["quick"]
     cfg = TrainConfig(data="x", preset="quick").resolved()
-    assert (cfg.epochs, cfg.batch_size, cfg.start_size, cfg.start_epochs, cfg.val_size) == (
-        quick["epochs"], quick["batch_size"], quick["start_size"], quick["start_epochs"], quick["val_size"])
-    assert cfg.lr == TrainConfig(data="x").resolved().lr  # the rest is the arch's recipe
+    fields = ("epochs", "batch_size", "start_size", "start_epochs", "val_size", "optimizer", "lr")
+    assert {k: getattr(cfg, k) for k in fields} == {k: quick[k] for k in fields}
+    assert cfg.label_smoothing == TrainConfig(data="x").resolved().label_smoothing  # the rest is the arch's recipe
+    assert cfg.recipe["optimizer"] == "muon" and cfg.recipe["lookahead"] is None
+    sgd = TrainConfig(data="x", preset="quick", optimizer="sgd").resolved()  # the preset's lr is Muon's: dropped
+    assert sgd.recipe["lookahead"] is not None and sgd.lr == TrainConfig(data="x").resolved().lr
     assert TrainConfig(data="x", preset="quick", epochs=3.0, start_epochs=1.0).resolved().epochs == 3.0
     with pytest.raises(BirdcnnError, match="unknown --preset"):
         TrainConfig(data="x", preset="slow").resolved()

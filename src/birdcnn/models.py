@@ -93,6 +93,7 @@ class Scale(nn.Module):
 
 
 WHITENING_BIAS_EPOCHS = 3  # airbench: the first layer's bias learns for 3 epochs, then stays put
+HEAD_SCALE = 1 / 9  # the logits' scale after the last linear layer
 
 
 class FastNet(nn.Sequential):
@@ -109,7 +110,7 @@ class FastNet(nn.Sequential):
             nn.AdaptiveMaxPool2d(1),
             nn.Flatten(),
             nn.Linear(widths[2], num_classes, bias=False),
-            Scale(1 / 9),  # small logits at init: lets the high learning rate start stable
+            Scale(HEAD_SCALE),  # small logits at init: lets the high learning rate start stable
         )
         self[0].weight.requires_grad = False
         nn.init.zeros_(self[0].bias)
@@ -117,12 +118,14 @@ class FastNet(nn.Sequential):
     def parameter_groups(self) -> list[dict]:
         """The parameters by training role (read by `train.make_optimizer`): BatchNorm shifts, which
         airbench trains at a higher learning rate; the whitening bias, trained for the first
-        `WHITENING_BIAS_EPOCHS` epochs only (its filters stay frozen); and the other weights."""
+        `WHITENING_BIAS_EPOCHS` epochs only (its filters stay frozen); the convolution filters;
+        and the last linear layer's weights."""
         norm = [p for m in self.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters() if p.requires_grad]
-        rest = [p for p in self.parameters() if p.requires_grad and all(p is not q for q in norm + [self[0].bias])]
+        filters = [p for m in self.modules() if isinstance(m, Conv) for p in m.parameters()]
         return [dict(params=norm, role="norm"),
-                dict(params=[self[0].bias], role="weights", until_epoch=WHITENING_BIAS_EPOCHS),
-                dict(params=rest, role="weights")]
+                dict(params=[self[0].bias], role="bias", until_epoch=WHITENING_BIAS_EPOCHS),
+                dict(params=filters, role="filters"),
+                dict(params=[self[-2].weight], role="head")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The whitening layer runs in float32 even under bf16 autocast: its filters scale the

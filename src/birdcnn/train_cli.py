@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_float, help="epochs (default: per arch; fractions allowed)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float, help="learning rate (default: per arch)")
+    p.add_argument("--optimizer", choices=["sgd", "muon"],
+                   help="the fast networks' optimizer: sgd (airbench94's recipe, the default) or muon (Muon for "
+                        "the filters, airbench94_muon's settings; --lr is then Muon's rate)")
     p.add_argument("--label-smoothing", type=ranged(float, 0, 1, below=True))
     p.add_argument("--val-size", type=positive_int,
                    help="training images held out to pick threshold and temperature (default 5000, or 10%%)")
@@ -50,8 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="progressive resizing: train the first --start-epochs at this smaller size (faster)")
     p.add_argument("--start-epochs", type=positive_float, metavar="N", help="epochs at --start-size")
     p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="quick: as good as possible in a few minutes (a narrower network, fewer and smaller "
-                        "epochs; docs/RESULTS.md); without it, the recipe of the best model")
+                   help="quick: as good as possible in a few minutes (a narrower network, Muon, fewer and "
+                        "smaller epochs; docs/RESULTS.md); without it, the recipe of the best model")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
     add_augment_arguments(p)
 
@@ -87,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
         raise BirdcnnError("--resume needs --out RUN_DIR (the run to continue)")
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}"
-                   for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "extra_positive", "preset",
-                             "start_size", "start_epochs", "widths")
+                   for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "optimizer", "extra_positive",
+                             "preset", "start_size", "start_epochs", "widths")
                    if getattr(args, k) is not None]
         if ignored:
             print(f"note: --resume continues the run as first configured; ignoring {', '.join(ignored)}",
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                       augment=augment_overrides(args), val_size=args.val_size, seed=args.seed, out=args.out,
                       device=None if args.device == "auto" else args.device, bf16=args.bf16,
                       input_size=args.input_size, start_size=args.start_size, start_epochs=args.start_epochs,
-                      preset=args.preset,
+                      preset=args.preset, optimizer=args.optimizer,
                       **({} if args.target_precision is None else {"target_precision": args.target_precision}))
     train(cfg, resume=args.resume, command="birdcnn " + shlex.join(args._argv))
     return 0
