@@ -63,9 +63,10 @@ MUON = dict(optimizer="muon", lr=0.24, muon_momentum=0.6, momentum=0.85, bias_lr
 # Presets: other settings of TrainConfig's own fields for another aim, on the recipe of `arch`.
 PRESETS: dict[str, dict] = {
     # "As good as possible in a few minutes" (issue 15), measured with benchmarks/time_to_accuracy.py
-    # on the shared JPEG CIFAR-10 (docs/RESULTS.md): 90.1% test accuracy after 511 s of training on
-    # the 2-core CPU (89.7% after 469 s at 8.5 epochs). A narrower network (0.57x the FLOPs, 1.4x the
-    # images/s at 32 px) gets more epochs into the minutes; epochs 1-4 at 24 px (~1,400 images/s);
+    # on the shared JPEG CIFAR-10 (docs/RESULTS.md): 90.1% test accuracy after 492 s of training on
+    # the 2-core CPU (89.7% after 469 s at 8.5 epochs, before denormals were flushed). A narrower
+    # network (0.57x the FLOPs, 1.4x the images/s at 32 px) gets more epochs into the minutes;
+    # epochs 1-4 at 24 px (~1,400 images/s);
     # Muon for the filters (+1 point over SGD after 7 epochs, +0.25 after 9: SGD at batch 256 had
     # 89.8% after 480 s), batch 512 at Muon lr 0.12 (airbench's 0.24 at batch 2,000 scaled by
     # sqrt(batch); batch 2,000 is 15-20% slower per image here); 1,000 held out.
@@ -421,6 +422,9 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
     run_dir = Path(cfg.out) if cfg.out else default_run_dir()
     cfg, ckpt, command = open_run(run_dir, cfg, resume, command)
     device = distributed.start(ranks, pick_device(cfg.device))
+    # Denormal floats to zero while training: x86 arithmetic on them is slow, and a Muon-trained
+    # network produces some (measured: its conv, GELU and max-pool 1.2-2x slower; results unchanged).
+    torch.set_flush_denormal(True)
     try:
         return _run(cfg, ckpt, command, run_dir, ranks, device, on_epoch)
     except (dist.DistError, RuntimeError) as e:
@@ -430,6 +434,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str = "",
                            f"continue from the last checkpoint with: torchrun ... -m birdcnn train --out {run_dir} "
                            "--resume") from None
     finally:
+        torch.set_flush_denormal(False)
         distributed.stop(ranks)
 
 
