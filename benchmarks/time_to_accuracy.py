@@ -14,7 +14,7 @@ import tempfile
 
 
 from birdcnn.data import load_split
-from birdcnn.train import TrainConfig, train
+from birdcnn.train import OPTIMIZERS, TrainConfig, train
 
 from common import SHARED, print_machine_facts, print_summary
 
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--preset", help="a birdcnn.train.PRESETS entry (e.g. quick)")
     ap.add_argument("--batch-size", type=int)
-    ap.add_argument("--optimizer", choices=["sgd", "muon"], help="default: the recipe's (or the preset's)")
+    ap.add_argument("--optimizer", choices=OPTIMIZERS, help="default: the recipe's (or the preset's)")
     ap.add_argument("--lr", type=float, help="default: the recipe's")
     ap.add_argument("--start-size", type=int, help="progressive resizing: the first epochs at this size")
     ap.add_argument("--start-epochs", type=float)

@@ -57,6 +57,7 @@ RECIPES["tiny"] = dict(RECIPES["fast"], batch_size=256)
 # airbench94's accuracy in 8 epochs instead of 9.9: Muon for the filters (lr 0.24, momentum 0.6),
 # SGD-Nesterov (momentum 0.85) for biases (0.053) and the last layer (0.67 on airbench's scale),
 # weight decay 2e-6 per example, no warm-up, no Lookahead.
+OPTIMIZERS = ("sgd", "muon")  # --optimizer: the fast networks' choices
 MUON = dict(optimizer="muon", lr=0.24, muon_momentum=0.6, momentum=0.85, bias_lr=0.053, head_lr=0.67,
             weight_decay=2e-6, lookahead=None)
 

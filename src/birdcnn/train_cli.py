@@ -8,7 +8,7 @@ import sys
 from .argtypes import non_negative_float, non_negative_int, positive_float, positive_int, ranged
 from .devices import add_device_argument, check_device
 from .models import ARCHITECTURES
-from .train import PRESETS
+from .train import OPTIMIZERS, PRESETS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_float, help="epochs (default: per arch; fractions allowed)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float, help="learning rate (default: per arch)")
-    p.add_argument("--optimizer", choices=["sgd", "muon"],
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
                    help="the fast networks' optimizer: sgd (airbench94's recipe, the default) or muon (Muon for "
                         "the filters, airbench94_muon's settings; --lr is then Muon's rate)")
     p.add_argument("--label-smoothing", type=ranged(float, 0, 1, below=True))
