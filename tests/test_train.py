@@ -300,6 +300,8 @@ def test_progressive_resizing_trains_small_first_then_at_the_models_view(cifar_s
                       input_size=40, start_size=24, start_epochs=1, device="cpu", out=str(tmp_path / "run"))
     resolved = cfg.resolved()
     assert [resolved.size_at(e) for e in range(2)] == [24, 40]
+    stages = TrainConfig(data="x", epochs=9, start_size=[24, 28], start_epochs=[4, 2]).resolved()
+    assert [stages.size_at(e) for e in range(9)] == [24] * 4 + [28] * 2 + [32] * 3
     mixed = prepare_data(resolved)
     assert mixed.val.images.shape[1:] == (40, 40, 3) and mixed.train.images.shape[1:] == (80, 80, 3)
     inputs = Inputs(mixed, resolved, torch.device("cpu"), data_norm(mixed.val.images))
@@ -317,7 +319,10 @@ def test_progressive_resizing_trains_small_first_then_at_the_models_view(cifar_s
 
 @pytest.mark.parametrize("args, words", [
     (["--input-size", "32", "--start-size", "40", "--start-epochs", "1"], "--start-size must be 8 px to --input-size"),
-    (["--start-size", "24", "--start-epochs", "6"], "--start-epochs between 0 and --epochs"),
+    (["--start-size", "24", "--start-epochs", "6"], "together fewer than --epochs"),
+    (["--start-size", "28", "24", "--start-epochs", "0.5", "0.5"], "smallest first"),
+    (["--start-size", "24", "28", "--start-epochs", "1"], "one --start-epochs each"),
+    (["--start-size", "24"], "one --start-epochs each"),
     (["--arch", "article", "--start-size", "24", "--start-epochs", "1"], "not --arch article"),
     (["--input-size", "4"], "--input-size must be 8 to 256 px"),
     (["--arch", "tiny", "--widths", "8", "16", "16"], "--widths takes three positive channel counts, for --arch fast"),

@@ -76,6 +76,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
 @dataclass
 class TrainConfig:
     data: str | list[str]               # one --data source or several, trained as one
@@ -98,8 +102,10 @@ class TrainConfig:
     device: str | None = None
     bf16: bool = True
     input_size: int = 32                # the model's view in px: what predict, search and locate feed it
-    start_size: int | None = None       # progressive resizing: the first `start_epochs` at this smaller size
-    start_epochs: float | None = None
+    # progressive resizing: the first `start_epochs` at this smaller size; lists for several stages,
+    # in order (e.g. [24, 28] px for [4, 2] epochs), then the rest at `input_size`
+    start_size: int | list[int] | None = None
+    start_epochs: float | list[float] | None = None
     preset: str | None = None           # a PRESETS entry: fills the fields left unset
     optimizer: str | None = None        # "muon" for the fast networks; default: the recipe's
     recipe: dict = field(default_factory=dict)
@@ -141,16 +147,26 @@ class TrainConfig:
         if cfg.start_size is not None:
             if cfg.arch == "article":  # its dense layer is sized for one input
                 raise BirdcnnError("--start-size needs a network that takes any input size (not --arch article)")
-            if not 8 <= cfg.start_size <= cfg.input_size or not 0 < (cfg.start_epochs or 0) < cfg.epochs:
-                raise BirdcnnError(f"--start-size must be 8 px to --input-size ({cfg.input_size}) and "
-                                   f"--start-epochs between 0 and --epochs ({cfg.epochs:g})")
+            sizes, epochs = _as_list(cfg.start_size), _as_list(cfg.start_epochs)
+            if (len(sizes) != len(epochs) or sizes != sorted(sizes) or not 8 <= sizes[0] <= sizes[-1] <= cfg.input_size
+                    or None in epochs or min(epochs) <= 0 or sum(epochs) >= cfg.epochs):
+                raise BirdcnnError(f"--start-size must be 8 px to --input-size ({cfg.input_size}), smallest first, "
+                                   f"one --start-epochs each, together fewer than --epochs ({cfg.epochs:g})")
+            if len(sizes) == 1:  # one stage is stored as plain numbers, as before lists were allowed
+                cfg = replace(cfg, start_size=sizes[0], start_epochs=epochs[0])
         return cfg
 
     def size_at(self, epoch: int) -> int:
         """The training input size in `epoch` (0-based): small first, then the model's view.
         Training on smaller images first is faster; the last epochs at the view's size fix the
         statistics the network meets when it is used (FixRes, Touvron et al. 2019)."""
-        return self.start_size if self.start_size and epoch < (self.start_epochs or 0) else self.input_size
+        if self.start_size is not None:
+            end = 0.0
+            for size, epochs in zip(_as_list(self.start_size), _as_list(self.start_epochs)):
+                end += epochs
+                if epoch < end:
+                    return size
+        return self.input_size
 
     def arch_kwargs(self) -> dict:
         """Architecture settings the model file records: the fast network's widths, the article's
