@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the square of the width)")
     p.add_argument("--start-size", type=positive_int, nargs="+", metavar="PX",
                    help="progressive resizing: train the first --start-epochs at this smaller size (faster); "
-                        "several sizes, smallest first, are stages in turn (e.g. --start-size 24 28 --start-epochs 4 2)")
+                        "several sizes, smallest first, are stages in turn "
+                        "(e.g. --start-size 24 28 --start-epochs 4 2)")
     p.add_argument("--start-epochs", type=positive_float, nargs="+", metavar="N", help="epochs at each --start-size")
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="quick: as good as possible in a few minutes (a narrower network, Muon, fewer and "
