@@ -292,21 +292,21 @@ def test_optimizer_groups_follow_the_network_roles():
 # ---------------------------------------------------------------- input size and progressive resizing
 
 def test_progressive_resizing_trains_small_first_then_at_the_models_view(cifar_small, photos, tmp_path):
-    """--start-size 24 --start-epochs 1 --input-size 40: epoch 1's batches are 24 px (thumbnails
-    resized, photos cut to 24), epoch 2's are 40 px, and the model file's view is 40 px."""
+    """--start-size 20 24 --start-epochs 1 1 --input-size 40: epoch 1's batches are 20 px, epoch 2's
+    24 px (thumbnails resized, photos cut to size), epoch 3's 40 px, and the model file's view is 40 px."""
     from birdcnn.train import Inputs, TrainConfig, data_norm, prepare_data, train
 
-    cfg = TrainConfig(data=[str(cifar_small), str(photos)], arch="tiny", epochs=2, batch_size=100, val_size=8,
-                      input_size=40, start_size=24, start_epochs=1, device="cpu", out=str(tmp_path / "run"))
+    cfg = TrainConfig(data=[str(cifar_small), str(photos)], arch="tiny", epochs=3, batch_size=100, val_size=8,
+                      input_size=40, start_size=[20, 24], start_epochs=[1, 1], device="cpu", out=str(tmp_path / "run"))
     resolved = cfg.resolved()
-    assert [resolved.size_at(e) for e in range(2)] == [24, 40]
-    stages = TrainConfig(data="x", epochs=9, start_size=[24, 28], start_epochs=[4, 2]).resolved()
-    assert [stages.size_at(e) for e in range(9)] == [24] * 4 + [28] * 2 + [32] * 3
+    assert [resolved.size_at(e) for e in range(3)] == [20, 24, 40]
+    one = TrainConfig(data="x", epochs=9, start_size=[24], start_epochs=[4]).resolved()
+    assert (one.start_size, one.start_epochs) == (24, 4) and [one.size_at(e) for e in (3, 4)] == [24, 32]
     mixed = prepare_data(resolved)
     assert mixed.val.images.shape[1:] == (40, 40, 3) and mixed.train.images.shape[1:] == (80, 80, 3)
     inputs = Inputs(mixed, resolved, torch.device("cpu"), data_norm(mixed.val.images))
     both = torch.cat([torch.nonzero(torch.from_numpy(mixed.train_source == k))[:3, 0] for k in (0, 1)])
-    for epoch, size in ((0, 24), (1, 40)):
+    for epoch, size in ((0, 20), (1, 24), (2, 40)):
         x, y = inputs.batch(both, epoch, resolved.size_at(epoch))
         assert x.shape == (6, 3, size, size) and torch.isfinite(x).all() and len(y) == 6
 
