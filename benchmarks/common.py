@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -52,3 +53,10 @@ def print_machine_facts() -> dict:
 def print_summary(summary: dict) -> None:
     """The last line of every benchmark: one JSON object, for scripts and docs."""
     print("SUMMARY " + json.dumps(summary, sort_keys=True))
+
+
+def torchrun(procs: int, *args: str) -> tuple[list[str], dict]:
+    """The command and environment that run `args` as `procs` torchrun processes on this machine,
+    each with an equal share of the cores (as torchrun's OMP_NUM_THREADS=1 does on 2 cores)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *args], env

@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import SHARED, print_machine_facts, print_summary
+from common import SHARED, print_machine_facts, print_summary, torchrun
 
 
 def run(n: int, data: str, epochs: float | None, preset: str | None, out: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m", "birdcnn",
-           "train", "--data", data, "--out", str(out)]
+    cmd, env = torchrun(n, "-m", "birdcnn", "train", "--data", data, "--out", str(out))
     cmd += ["--epochs", str(epochs)] if epochs is not None else []
     cmd += ["--preset", preset] if preset else []
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -26,7 +26,7 @@ import torch
 from birdcnn.data import load_split
 from birdcnn.train import OPTIMIZERS, TrainConfig, train
 
-from common import SHARED, print_machine_facts, print_summary
+from common import SHARED, print_machine_facts, print_summary, torchrun
 
 TARGETS = (0.85, 0.90, 0.91, 0.93, 0.94)  # issue 15: 90% in 8 min, 91% in 15; 93-94%: airbench on clean data
 
@@ -40,10 +40,8 @@ def config(args: argparse.Namespace, out: str) -> TrainConfig:
 
 def relaunch(procs: int) -> int:
     """Run this script again as `procs` torchrun processes sharing one run folder; their exit code."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
-               str(Path(__file__).resolve()), *sys.argv[1:], "--run-dir", str(Path(tmp) / "run")]
+        cmd, env = torchrun(procs, str(Path(__file__).resolve()), *sys.argv[1:], "--run-dir", str(Path(tmp) / "run"))
         return subprocess.run(cmd, env=env).returncode
 
 
