@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from birdcnn.data import load_split
+from birdcnn.errors import BirdcnnError
 from birdcnn.train import OPTIMIZERS, TrainConfig, train
 
 from common import SHARED, print_machine_facts, print_summary, torchrun
@@ -62,6 +63,10 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=1, help="data-parallel processes on this machine (torchrun)")
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)  # the run folder every torchrun process shares
     args = ap.parse_args()
+    try:
+        config(args, "").resolved()  # a bad setting is one line here, not a traceback from every rank
+    except BirdcnnError as e:
+        ap.error(str(e))
     if args.procs > 1 and "WORLD_SIZE" not in os.environ:
         sys.exit(relaunch(args.procs))
     if int(os.environ.get("RANK", "0")) != 0:  # the other ranks train; rank 0 reports
