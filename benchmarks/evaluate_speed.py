@@ -50,7 +50,7 @@ def main() -> None:
     src = open_source(args.data, clf.input_size)
     t_open = time.perf_counter() - t0
     t0 = time.perf_counter()
-    images = np.concatenate([chunk for chunk, _, _ in src])
+    images = np.concatenate([chunk for chunk, *_ in src])
     t_decode = time.perf_counter() - t0
     t0 = time.perf_counter()
     clf.probabilities(images)

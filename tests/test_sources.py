@@ -148,6 +148,16 @@ def test_train_on_two_sources_records_each(cifar_small, photo_source, tmp_path):
     assert again["training"]["recalibrated"]["command"].endswith("--target-precision 0.5")
     assert main(["train", "--out", str(tmp_path / "nothing"), "--recalibrate"]) == 2
 
+    # --zoom-size on a finished run: photos' second view, calibrated with the validation photos'.
+    assert main(["train", "--out", str(out), "--recalibrate", "--zoom-size", "48"]) == 0
+    zoomed = json.loads((out / "model.json").read_text())
+    assert zoomed["zoom_size"] == 48 and zoomed["training"]["config"]["zoom_size"] == 48
+    assert load_model(out).zoom_size == 48 and (out / "model.safetensors").read_bytes() == weights
+    assert main(["train", "--out", str(out), "--recalibrate", "--zoom-size", "16"]) == 2  # not above the view
+    assert json.loads((out / "model.json").read_text()) == zoomed  # a refused change leaves the run as it was
+    assert main(["train", "--out", str(out), "--recalibrate", "--zoom-size", "0"]) == 0
+    assert "zoom_size" not in json.loads((out / "model.json").read_text())
+
 
 def test_search_for_several_words_adds_their_probabilities(tiny_model, photos):
     from birdcnn.search import search

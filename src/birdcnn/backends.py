@@ -116,11 +116,12 @@ class OnnxClassifier(Classifier):
 
 def _check_io(clf: OnnxClassifier, path: Path) -> None:
     """Refuse an export whose network does not take this input size or give one score per class."""
-    n, size = len(clf.classes), clf.input_size
-    try:
-        out = clf._forward(torch.zeros(1, 3, size, size))
-    except Exception as e:  # noqa: BLE001 - onnxruntime's errors share no base class
-        raise ModelFileError(path, f"the network does not take {size} x {size} images ({_first_line(e)})") from None
+    n = len(clf.classes)
+    for size in filter(None, (clf.zoom_size, clf.input_size)):  # the view, and the photos' zoom view
+        try:
+            out = clf._forward(torch.zeros(1, 3, size, size))
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors share no base class
+            raise ModelFileError(path, f"the network does not take {size} x {size} images ({_first_line(e)})") from None
     if tuple(out.shape) != (1, n):
         raise ModelFileError(path, f"the network gives outputs of shape {tuple(out.shape)} for one image, "
                                    f"not {n} class scores")

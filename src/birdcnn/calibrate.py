@@ -57,6 +57,8 @@ def calibrate_and_measure(
 ) -> tuple[dict, dict]:
     """Calibrate on validation, pick the threshold on validation, measure on test, per source."""
     pos, classes, val = clf.positive_index, clf.classes, mixed.val
+    if clf.zoom_size and mixed.val_zoomed is None:
+        S.add_zoom_views(mixed, clf.zoom_size, cfg.seed, cfg.val_size)
     photo_val = np.asarray(mixed.photo)[mixed.val_source]
     groups = {"all": np.ones(len(val), bool)}
     if photo_val.any() and not photo_val.all():
@@ -65,7 +67,7 @@ def calibrate_and_measure(
     # sharpens the probabilities, so search's 2 views (or locate's 1) need their own.
     calibration = {}
     for mode in TTA_MODES:
-        logits = clf.logits(val.images, tta=mode).numpy()
+        logits = clf.logits(val.images, tta=mode, zoomed=mixed.val_zoomed).numpy()  # zoom: the model's views
         t = fit_temperature(logits, val.labels)
         probs = torch.softmax(torch.from_numpy(logits) / t, 1).numpy()
         threshold, rule = choose_threshold(val.labels == pos, probs[:, pos], groups, cfg.target_precision)
@@ -92,7 +94,7 @@ def calibrate_and_measure(
         m = mixed.val_source == k
         entry = {"validation": measure(val.labels[m], val_probs[m], val_probs[m].argmax(1))}
         if test is not None:
-            probs = clf.probabilities(test.images)
+            probs = clf.probabilities(test.images, zoomed=mixed.test_zoomed[k] if mixed.test_zoomed else None)
             pred = restricted_argmax(probs, classes, test.source_classes)
             entry["test"] = measure(test.labels, probs, pred)
             test_parts.append((test.labels, probs, pred))

@@ -23,14 +23,17 @@ import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 import numpy as np
 
 from .atomic import write_atomic
 from .decode_workers import InProcessPool
 from .errors import DataError, FileProblem, ImageError, display_path
-from .images import OtherFiles, is_image_path, load_for_model
+from .images import OtherFiles, is_image_path, load_views
+
+if TYPE_CHECKING:
+    from .modelfile import Zoomed
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -245,23 +248,33 @@ def list_class_folder(root: Path, classes: list[str] | None = None) -> tuple[lis
     return listing.classes, listing.files
 
 
-def _decode_one(args: tuple[str, int]) -> np.ndarray | FileProblem:
-    path, size = args
+def _decode_one(args: tuple[str, int, int | None]) -> tuple[np.ndarray, np.ndarray | None] | FileProblem:
+    path, size, zoom_size = args
     try:
-        return load_for_model(path, size)
+        return load_views(path, size, zoom_size)
     except ImageError as e:
         return FileProblem(e.path, e.problem)
 
 
-def decode_files(paths: list[Path], size: int, workers: int | None = None,
-                 desc: str = "decoding") -> tuple[np.ndarray, list[int], list[FileProblem]]:
-    """Decode image files in parallel to (N, size, size, 3) uint8; returns (images, ok_indices, problems)."""
+class Decoded(NamedTuple):
+    images: np.ndarray             # (N, size, size, 3) uint8, the readable files in order
+    ok: list[int]                  # their indices in the paths given
+    problems: list[FileProblem]    # the unreadable ones
+    zoomed: Zoomed | None = None  # the photos' zoom views (indices into images), with a zoom_size
+
+
+def decode_views(paths: list[Path], size: int, zoom_size: int | None = None, workers: int | None = None,
+                 desc: str = "decoding") -> Decoded:
+    """Decode image files in parallel into the model's views (`images.load_views`): each file is
+    decoded once, also into its zoom view when it is a photo and `zoom_size` is given."""
     from tqdm import tqdm
 
+    from .modelfile import stack_zoomed
+
     workers = workers or min(4, os.cpu_count() or 1)
-    jobs = [(str(p), size) for p in paths]
+    jobs = [(str(p), size, zoom_size) for p in paths]
     out = np.empty((len(paths), size, size, 3), np.uint8)
-    ok, problems = [], []
+    ok, problems, zooms = [], [], []
     show = len(paths) > 2000
     with ProcessPoolExecutor(workers) if len(paths) > 500 and workers > 1 else InProcessPool() as ex:
         results = ex.map(_decode_one, jobs, chunksize=256)
@@ -269,9 +282,17 @@ def decode_files(paths: list[Path], size: int, workers: int | None = None,
             if isinstance(r, FileProblem):
                 problems.append(r)
             else:
-                out[len(ok)] = r
+                out[len(ok)], zoom = r
+                zooms.append(zoom)
                 ok.append(i)
-    return out[: len(ok)], ok, problems
+    return Decoded(out[: len(ok)], ok, problems, stack_zoomed(zooms))
+
+
+def decode_files(paths: list[Path], size: int, workers: int | None = None,
+                 desc: str = "decoding") -> tuple[np.ndarray, list[int], list[FileProblem]]:
+    """Decode image files in parallel to (N, size, size, 3) uint8; returns (images, ok_indices, problems)."""
+    images, ok, problems, _ = decode_views(paths, size, None, workers, desc)
+    return images, ok, problems
 
 
 def _load_class_folder(root: Path, classes: list[str] | None, size: int) -> Dataset:

@@ -23,7 +23,7 @@ from . import data as D
 from . import metrics as M
 from .errors import DataError, FileProblem
 from .images import OtherFiles
-from .modelfile import Classifier
+from .modelfile import Classifier, Zoomed
 from .sources import canonical_class
 
 CHUNK = 2000  # images decoded and classified at a time
@@ -34,7 +34,8 @@ GROUPS = ("tp", "tn", "fp", "fn")  # the four galleries: true/false positives/ne
 
 @dataclass
 class Source:
-    """A labelled data source opened for streaming: iterate for (images, labels, paths) chunks."""
+    """A labelled data source opened for streaming: iterate for (images, labels, paths, zoomed)
+    chunks (`zoomed`: the photos' views at `zoom_size`, as `predict` decodes them)."""
 
     name: str
     split: str                      # "test" (the source's test split) or "all" (no split: every image)
@@ -44,23 +45,25 @@ class Source:
     _dataset: D.Dataset | None = None
     _files: list[tuple[Path, int]] | None = None
     size: int = 32
+    zoom_size: int | None = None
     other: OtherFiles = field(default_factory=OtherFiles)  # files passed over as not images, by suffix
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, list[str] | None]]:
-        if self._dataset is not None:  # CIFAR-10 batches: already one 30 MB array
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, list[str] | None, Zoomed | None]]:
+        if self._dataset is not None:  # CIFAR-10 batches: already one 30 MB array of thumbnails
             ds = self._dataset
             for i in range(0, len(ds), CHUNK):
-                yield ds.images[i:i + CHUNK], ds.labels[i:i + CHUNK], None
+                yield ds.images[i:i + CHUNK], ds.labels[i:i + CHUNK], None, None
             return
         for i in range(0, len(self._files), CHUNK):
             part = self._files[i:i + CHUNK]
-            images, ok, problems = D.decode_files([p for p, _ in part], self.size)
+            images, ok, problems, zoomed = D.decode_views([p for p, _ in part], self.size, self.zoom_size)
             self.skipped += problems
-            yield images, np.array([part[j][1] for j in ok], np.int64), [str(part[j][0]) for j in ok]
+            yield images, np.array([part[j][1] for j in ok], np.int64), [str(part[j][0]) for j in ok], zoomed
 
 
-def open_source(source: str, size: int = 32) -> Source:
-    """Open a data source as in training; its test split when it has one, else all of it.
+def open_source(source: str, size: int = 32, zoom_size: int | None = None) -> Source:
+    """Open a data source as in training; its test split when it has one, else all of it
+    (`zoom_size`: a model's, for its photos' second views).
 
     CIFAR-10 batches are loaded whole (10,000 images, 30 MB); folders of class folders (or a
     tar of them) are listed now and decoded chunk by chunk while iterating.
@@ -77,7 +80,7 @@ def open_source(source: str, size: int = 32) -> Source:
     if not files:
         raise DataError(f"{root}: no images found (expected class sub-folders such as {root}/bird/*.jpg)")
     return Source(str(source), "test" if r.split_folders else "all", classes, len(files) + len(skipped),
-                  skipped=skipped, _files=files, size=size, other=other)
+                  skipped=skipped, _files=files, size=size, zoom_size=zoom_size, other=other)
 
 
 # ---------------------------------------------------------------- gallery candidates
@@ -206,7 +209,7 @@ def evaluate(model: Classifier, source: str | Source, model_name: str = "", thre
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    src = source if isinstance(source, Source) else open_source(source, model.input_size)
+    src = source if isinstance(source, Source) else open_source(source, model.input_size, model.zoom_size)
     is_pos_of, model_index_of, note = _label_maps(src, model, any_classes)
     k, size = gallery_size, model.input_size
     # Each gallery shows its most confident members; which images those are does not depend on
@@ -217,12 +220,12 @@ def evaluate(model: Classifier, source: str | Source, model_name: str = "", thre
     probs, labels = [], []
     with tqdm(total=src.count, unit="img", desc="evaluating", disable=not progress) as bar:
         seen_skipped = 0
-        for images, lab, paths in src:
+        for images, lab, paths, zoomed in src:
             bar.update(len(lab) + len(src.skipped) - seen_skipped)
             seen_skipped = len(src.skipped)
             if len(lab) == 0:
                 continue
-            pr = model.probabilities(images)
+            pr = model.probabilities(images, zoomed=zoomed)
             p = pr[:, model.positive_index].astype(np.float64)
             pos = is_pos_of[lab]
             for name, m in (("pos", pos), ("neg", ~pos)):

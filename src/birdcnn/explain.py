@@ -25,8 +25,8 @@ from torch import nn
 from .atomic import save_figure, write_text
 from .devices import add_device_argument, chosen_device
 from .errors import BirdcnnError
-from .images import display_path, model_view, open_for_model
-from .modelfile import Classifier, load_model
+from .images import display_path, model_view, open_for_model, zoom_view
+from .modelfile import Classifier, load_model, stack_zoomed
 
 POOL_TYPES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
 TRACED_TYPES = (nn.Conv2d, *POOL_TYPES)
@@ -266,13 +266,13 @@ class Explanation:
 
 def explain(path: str | Path, clf: Classifier, display_size: int = 480) -> Explanation:
     """Open the photo (raising `ImageError`), run the traced forward/backward pass, collect the prediction."""
-    im = open_for_model(path, clf.input_size)  # exactly what predict decodes and sees
-    u8 = model_view(im, clf.input_size)
+    im = open_for_model(path, max(clf.input_size, clf.zoom_size or 0))  # exactly what predict decodes and sees
+    u8, zoom = model_view(im, clf.input_size), zoom_view(im, clf.input_size, clf.zoom_size)
     scale = min(1.0, display_size / max(im.size))
     photo = (im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC)
              if scale < 1 else im)
     box = crop_box(*photo.size)
-    probs = clf.probabilities(u8[None])[0]
+    probs = clf.probabilities(u8[None], zoomed=stack_zoomed([zoom]))[0]
     tr = trace(clf, u8, clf.positive_index)
     x = clf.prepare(u8)[0].float().cpu().numpy()
     return Explanation(str(path), photo, box, u8, x, tr, probs, clf.classes, clf.positive, clf.threshold,

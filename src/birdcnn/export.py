@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 
 from . import data as D
 from .argtypes import positive_int
 from .atomic import write_atomic, write_text
 from .backends import EXPORT_FORMAT, METADATA_KEY, load_onnx, onnx_export, sidecar
 from .errors import BirdcnnError, DataError, display_path
-from .images import is_image_path, load_for_model
+from .images import PHOTO_SCALE, is_image_path, load_for_model
 from .modelfile import Classifier, load_model
 
 if TYPE_CHECKING:
@@ -74,6 +75,10 @@ def export_metadata(clf: Classifier, source: str, fmt: str, precision: str) -> d
 
     own = {k: v for k, v in clf.meta.items() if k not in ("format", "format_version", "weights_sha256")}
     size, n = clf.input_size, len(clf.classes)
+    views = VIEWS[clf.tta] + (f"; a photo whose short side is above {PHOTO_SCALE} x {size} px is also cut and resized "
+                              f"to {clf.zoom_size} px, and 1/2 x its flip mean there is averaged with 1/2 x the "
+                              f"above" if clf.zoom_size else "")
+    spatial = ("height", "width") if clf.zoom_size else (size, size)
     return {
         "format": EXPORT_FORMAT, "format_version": 1, **own,
         "temperature": clf.temperature, "threshold": clf.threshold, "tta": clf.tta,
@@ -81,25 +86,29 @@ def export_metadata(clf: Classifier, source: str, fmt: str, precision: str) -> d
         "export": {
             "format": fmt, "precision": precision, "birdcnn": __version__, "torch": torch.__version__,
             "source_model": source, "source_weights_sha256": clf.meta.get("weights_sha256"),
-            "input": {"name": "input", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 3, size, size],
+            "input": {"name": "input", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 3, *spatial],
                       "values": "RGB pixels as (pixel / 255 - mean) / std, the image cut and resized by 'resize'"},
             "output": {"name": "logits", "dtype": "float32", "shape": ["batch", n],
                        "probabilities": "softmax(the views' mean logits / temperature); 'positive' when its "
                                         "probability >= threshold"},
-            "views": VIEWS[clf.tta],
+            "views": views,
         },
     }
 
 
 # ---------------------------------------------------------------- the network as a file
 
-def to_onnx(net: torch.nn.Module, size: int) -> onnx.ModelProto:
+def to_onnx(net: torch.nn.Module, size: int, any_size: bool = False) -> onnx.ModelProto:
     """The network as an ONNX ModelProto (torch.onnx's default, dynamo-based exporter), float32,
-    batch axis dynamic. FastNet's float32-under-autocast first layer exports as a plain Conv: no
+    batch axis dynamic, and height and width too with `any_size` (a model with a zoom view runs
+    at two sizes). FastNet's float32-under-autocast first layer exports as a plain Conv: no
     autocast is active here, so the whole graph is float32."""
     example = torch.zeros(2, 3, size, size)  # 2, not 1: torch.export specialises a batch of 1
+    axes = {0: torch.export.Dim("batch")}
+    if any_size:
+        axes |= {2: torch.export.Dim("height", min=8, max=1024), 3: torch.export.Dim("width", min=8, max=1024)}
     program = torch.onnx.export(net, (example,), dynamo=True, input_names=["input"], output_names=["logits"],
-                                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+                                dynamic_shapes=(axes,), verbose=False)
     return program.model_proto
 
 
@@ -213,8 +222,14 @@ def quantize_int8(proto: onnx.ModelProto, clf: Classifier, images: np.ndarray) -
 # ---------------------------------------------------------------- checking what was written
 
 def compare(reference: Classifier, exported: Classifier, images: np.ndarray) -> dict:
-    """How far `exported` is from `reference` on `images`, both with the model's test-time views."""
-    p_ref, p_exp = reference.probabilities(images), exported.probabilities(images)
+    """How far `exported` is from `reference` on `images`, both with the model's test-time views
+    (with a zoom view: `images` resized to it as well, so the file is checked at both sizes)."""
+    zoomed = None
+    if reference.zoom_size:
+        z = reference.zoom_size
+        zoomed = (np.arange(len(images)),
+                  np.stack([np.array(Image.fromarray(a).resize((z, z), Image.Resampling.BICUBIC)) for a in images]))
+    p_ref, p_exp = reference.probabilities(images, zoomed=zoomed), exported.probabilities(images, zoomed=zoomed)
     pos, t = reference.positive_index, reference.threshold
     diff = np.abs(p_ref - p_exp)
     return {"images": len(images), "max_probability_difference": float(diff.max()),
@@ -295,7 +310,7 @@ def sample_check_images(size: int) -> np.ndarray:
 
 def onnx_bytes(clf: Classifier, meta: dict, calibration: np.ndarray | None = None) -> bytes:
     """The ONNX file with `meta` inside: float32, or int8 calibrated on `calibration` images."""
-    proto = to_onnx(clf.net, clf.input_size)
+    proto = to_onnx(clf.net, clf.input_size, any_size=bool(clf.zoom_size))
     meta["export"]["opset"] = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     if calibration is not None:
         proto, meta["export"]["quantization"] = quantize_int8(proto, clf, calibration)

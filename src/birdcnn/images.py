@@ -197,3 +197,27 @@ def model_view(im: Image.Image, size: int) -> np.ndarray:
 def load_for_model(path: str | Path, size: int) -> np.ndarray:
     """Decode `path` into the model's input: a size x size x 3 uint8 array."""
     return model_view(open_for_model(path, size), size)
+
+
+# A photo is larger than the model's view: short side above this many times it (CIFAR-10's 32 px
+# and 30-px thumbnails are not; Tiny ImageNet's 64 px and camera photos are). `sources` judges a
+# whole training source by the same rule.
+PHOTO_SCALE = 1.25
+
+
+def is_photo(im: Image.Image, size: int) -> bool:
+    """Whether the decoded image is a photo larger than the model's `size`-px view."""
+    return min(im.size) > PHOTO_SCALE * size
+
+
+def zoom_view(im: Image.Image, size: int, zoom_size: int | None) -> np.ndarray | None:
+    """The photo's second view at `zoom_size` px (the model's `zoom_size`), or None for an image
+    no larger than the `size`-px view (a thumbnail: a larger view of it adds no detail)."""
+    return model_view(im, zoom_size) if zoom_size and is_photo(im, size) else None
+
+
+def load_views(path: str | Path, size: int, zoom_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode `path` once into the model's views: the size-px input and, for a photo of a model
+    with a `zoom_size`, the zoom_size-px one (`zoom_view`). Decoded for the larger of the two."""
+    im = open_for_model(path, max(size, zoom_size or 0))
+    return model_view(im, size), zoom_view(im, size, zoom_size)

@@ -27,6 +27,14 @@ FORMAT = "birdcnn-model"
 FORMAT_VERSION = 1
 
 TTA_MODES = ("none", "flip", "flip-translate")
+# Photos' second views, at the model's `zoom_size`: (indices of the photos in a batch, their views).
+Zoomed = tuple[np.ndarray, np.ndarray]
+
+
+def stack_zoomed(views: list[np.ndarray | None]) -> Zoomed | None:
+    """`Zoomed` from one entry per image: its zoom view (`images.zoom_view`), or None (a thumbnail)."""
+    idx = [i for i, v in enumerate(views) if v is not None]
+    return (np.array(idx, np.int64), np.stack([views[i] for i in idx])) if idx else None
 
 
 def default_model_path() -> Path:
@@ -94,6 +102,7 @@ _FIELDS = {
     "positive": (lambda v: isinstance(v, str), "a class name"),
     # Up to 1024: load_model runs the network once on a blank image of this size.
     "input_size": (lambda v: _is_whole(v) and 1 <= v <= 1024, "a whole number of pixels from 1 to 1024"),
+    "zoom_size": (lambda v: v is None or (_is_whole(v) and 1 <= v <= 1024), "a whole number of pixels from 1 to 1024"),
     "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)), "three numbers (R, G, B)"),
     "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v),
             "three numbers above 0 (R, G, B)"),
@@ -155,13 +164,16 @@ def _load_weights(net: torch.nn.Module, state: dict, meta: dict, json_path: Path
         raise ModelFileError(json_path, f"metadata 'classes' names {n} classes "
                                         f"but the weights have {weight.shape[0]} outputs")
     net.load_state_dict(state, strict=True)
-    size = meta["input_size"]
-    try:
-        with torch.no_grad():
-            out = net.eval()(torch.zeros(1, 3, size, size))
-    except (RuntimeError, ValueError) as e:
-        first = " ".join(str(e).split())[:120]
-        raise ModelFileError(json_path, f"metadata 'input_size' {size} does not fit the network ({first})") from None
+    for key in ("input_size", "zoom_size"):
+        size = meta.get(key)
+        if size is None:
+            continue
+        try:
+            with torch.no_grad():
+                out = net.eval()(torch.zeros(1, 3, size, size))
+        except (RuntimeError, ValueError) as e:
+            first = " ".join(str(e).split())[:120]
+            raise ModelFileError(json_path, f"metadata {key!r} {size} does not fit the network ({first})") from None
     if tuple(out.shape) != (1, n):
         raise ModelFileError(json_path, f"the network gives outputs of shape {tuple(out.shape)} for one image, "
                                         f"not {n} class scores")
@@ -236,6 +248,9 @@ class Classifier:
         self.positive: str = meta["positive"]
         self.positive_index: int = self.classes.index(self.positive)
         self.input_size: int = int(meta["input_size"])
+        # Photos larger than the view are also seen at zoom_size px (decoded again, not resized):
+        # objects then look as large as in training's random-resized crops (see `logits`).
+        self.zoom_size: int | None = meta.get("zoom_size")
         self.threshold: float = float(meta.get("threshold", 0.5))
         self.temperature: float = float(meta.get("temperature", 1.0))
         self.tta: str = meta.get("tta", "none")
@@ -270,10 +285,25 @@ class Classifier:
         return 0.5 * (self._forward(x) + self._forward(x.flip(-1)))
 
     @torch.no_grad()
-    def logits(self, images: np.ndarray | torch.Tensor, batch_size: int = 500, tta: str | None = None) -> torch.Tensor:
+    def logits(self, images: np.ndarray | torch.Tensor, batch_size: int = 500, tta: str | None = None,
+               zoomed: Zoomed | None = None) -> torch.Tensor:
         """Raw (uncalibrated) float32 logits, averaged over the model's test-time views (`tta`:
-        "none", "flip" or "flip-translate")."""
+        "none", "flip" or "flip-translate").
+
+        `zoomed`: the photos' views at the model's `zoom_size` (`images.load_views`). With the
+        model's own views their flip pair is averaged in, half and half: part of the model's views,
+        and calibrated so; the lighter view sets (search's, locate's) leave it out."""
         tta = self.tta if tta is None else tta
+        y = self._logits(images, batch_size, tta)
+        if zoomed is not None and self.zoom_size and tta == self.tta and len(zoomed[0]):
+            idx, views = zoomed
+            if views.shape[1:3] != (self.zoom_size, self.zoom_size):
+                raise ValueError(f"zoom views must be {self.zoom_size} px, not {views.shape[1]}")
+            zoom = self._logits(views, batch_size, "none" if tta == "none" else "flip")
+            y[torch.as_tensor(idx)] = 0.5 * (y[torch.as_tensor(idx)] + zoom)
+        return y
+
+    def _logits(self, images: np.ndarray | torch.Tensor, batch_size: int, tta: str) -> torch.Tensor:
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, not {tta!r}")
         out = []
@@ -291,10 +321,12 @@ class Classifier:
         return torch.cat(out).cpu()
 
     def probabilities(
-        self, images: np.ndarray | torch.Tensor, batch_size: int = 500, tta: str | None = None
+        self, images: np.ndarray | torch.Tensor, batch_size: int = 500, tta: str | None = None,
+        zoomed: Zoomed | None = None,
     ) -> np.ndarray:
-        """Calibrated class probabilities, (N, num_classes) float32 (`tta`: as in `logits`)."""
-        return torch.softmax(self.logits(images, batch_size, tta) / self.temperature_for(tta), 1).numpy()
+        """Calibrated class probabilities, (N, num_classes) float32 (`tta`, `zoomed`: as in `logits`)."""
+        logits = self.logits(images, batch_size, tta, zoomed)
+        return torch.softmax(logits / self.temperature_for(tta), 1).numpy()
 
     def temperature_for(self, tta: str | None = None) -> float:
         """The temperature fitted on validation for these test-time views (default: the model's)."""

@@ -13,8 +13,8 @@ import numpy as np
 from .backends import BACKENDS
 from .devices import add_device_argument, chosen_device
 from .errors import BirdcnnError, FileProblem, ImageError, display_path
-from .images import is_image_path, load_for_model
-from .modelfile import Classifier, load_model
+from .images import is_image_path, load_views
+from .modelfile import Classifier, load_model, stack_zoomed
 
 
 def sample_images() -> list[Path]:
@@ -32,10 +32,10 @@ def classify(
         paths = [paths]  # not one record per character
     model = model or load_model()
     records: list[dict] = []
-    good: list[tuple[int, np.ndarray]] = []
+    good: list[tuple[int, np.ndarray, np.ndarray | None]] = []  # (record, view, zoom view)
     for p in paths:
         try:
-            good.append((len(records), load_for_model(p, model.input_size)))
+            good.append((len(records), *load_views(p, model.input_size, model.zoom_size)))
             records.append({"path": str(p)})
         except ImageError as e:
             records.append({"path": str(p), "error": e.problem})
@@ -46,10 +46,10 @@ def classify(
     return records
 
 
-def _fill(model: Classifier, good: list[tuple[int, np.ndarray]], records: list[dict]) -> None:
+def _fill(model: Classifier, good: list[tuple[int, np.ndarray, np.ndarray | None]], records: list[dict]) -> None:
     if good:
-        probs = model.probabilities(np.stack([a for _, a in good]))
-        for (i, _), p in zip(good, probs):
+        probs = model.probabilities(np.stack([a for _, a, _ in good]), zoomed=stack_zoomed([z for *_, z in good]))
+        for (i, *_), p in zip(good, probs):
             records[i].update(model.record(p))
 
 

@@ -13,15 +13,19 @@ random crops from photos; validation and test images are decoded exactly as `pre
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from . import data as D
 from .errors import DataError
-from .images import is_image_path
+from .images import PHOTO_SCALE, is_image_path
+
+if TYPE_CHECKING:
+    from .modelfile import Zoomed
 
 STORE_SCALE = 2  # training copies of photos at 2x the input: crops down to ~1/4 of the side stay sharp-ish
 # Names that mean the same thing across the shared sources (and commonly elsewhere).
@@ -77,7 +81,7 @@ def is_photo_source(r: D.ResolvedSource, size: int) -> bool:
                 continue
         if len(sides) >= 12:
             break
-    return bool(sides) and float(np.median(sides)) > 1.25 * size
+    return bool(sides) and float(np.median(sides)) > PHOTO_SCALE * size
 
 
 def upsample_exact(images: np.ndarray, factor: int) -> np.ndarray:
@@ -102,6 +106,8 @@ class Mixed:
     infos: list[SourceInfo]
     tests: list[tuple[str, D.Dataset | None]]  # each source's test split at the model's view (None: none)
     store_scale: int = 1          # training images are stored at store_scale x the input size
+    val_zoomed: Zoomed | None = None  # photo sources' validation images at a model's zoom_size (`add_zoom_views`)
+    test_zoomed: list[Zoomed | None] = field(default_factory=list)  # and their test splits, per source
 
     @property
     def photo_views(self) -> bool:
@@ -134,6 +140,31 @@ def add_extra_positive(mixed: Mixed, spec: str, positive: str) -> None:
     mixed.photo.append(False)
     mixed.infos.append(SourceInfo(f"{spec} (--extra-positive)", ds.fingerprint.lstrip("+"), False, 1.0,
                                   {positive: len(ds)}))
+
+
+def add_zoom_views(mixed: Mixed, zoom_size: int, seed: int, val_size: int | None = None) -> None:
+    """Photo sources' validation and test images at `zoom_size` px too (`val_zoomed`, `test_zoomed`):
+    the second views `predict` gives photos, so that calibration and the measured test splits see
+    what `predict` sees. Thumbnail sources get none, as thumbnails get none in `predict`."""
+    vals, tests = [], []
+    for k, (spec, test) in enumerate(mixed.tests):
+        test_zoomed = None
+        if mixed.photo[k]:
+            r = D.resolve_source(spec)
+            view = D.load_split(r, "train", zoom_size)
+            _, va = D.split_validation(len(view), validation_count(len(view), val_size), seed + k)
+            where = np.nonzero(mixed.val_source == k)[0]
+            if [view.paths[i] for i in va] != [mixed.val.paths[i] for i in where]:
+                raise DataError(f"{spec}: files changed since the run was loaded; run again")
+            vals.append((where, view.images[va]))
+            if test is not None:
+                zoomed = D.load_split(r, "test", zoom_size)
+                if zoomed.paths != test.paths:
+                    raise DataError(f"{spec}: test files changed since the run was loaded; run again")
+                test_zoomed = (np.arange(len(zoomed)), zoomed.images)
+        tests.append(test_zoomed)
+    mixed.val_zoomed = (np.concatenate([w for w, _ in vals]), np.concatenate([v for _, v in vals])) if vals else None
+    mixed.test_zoomed = tests
 
 
 def validation_count(n: int, val_size: int | None = None) -> int:

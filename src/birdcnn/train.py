@@ -102,6 +102,7 @@ class TrainConfig:
     device: str | None = None
     bf16: bool = True
     input_size: int = 32                # the model's view in px: what predict, search and locate feed it
+    zoom_size: int | None = None        # photos' second view in px (predict, evaluate): `Classifier.logits`
     # progressive resizing: the first `start_epochs` at this smaller size; lists for several stages,
     # in order (e.g. [24, 28] px for [4, 2] epochs), then the rest at `input_size`
     start_size: int | list[int] | None = None
@@ -142,6 +143,7 @@ class TrainConfig:
             raise BirdcnnError("--epochs and --batch-size must be positive")
         if not 8 <= cfg.input_size <= 256:
             raise BirdcnnError(f"--input-size must be 8 to 256 px, not {cfg.input_size}")
+        cfg.check_zoom()
         if cfg.widths is not None and (cfg.arch != "fast" or len(cfg.widths) != 3 or min(cfg.widths) < 1):
             raise BirdcnnError("--widths takes three positive channel counts, for --arch fast")
         if cfg.start_size is not None:
@@ -155,6 +157,11 @@ class TrainConfig:
             if len(sizes) == 1:  # one stage is stored as plain numbers, as before lists were allowed
                 cfg = replace(cfg, start_size=sizes[0], start_epochs=epochs[0])
         return cfg
+
+    def check_zoom(self) -> None:
+        if self.zoom_size is not None and (self.arch == "article" or not self.input_size < self.zoom_size <= 256):
+            raise BirdcnnError(f"--zoom-size must be above the input size ({self.input_size}) and at most 256 px, "
+                               f"for a network that takes any input size (not --arch article)")
 
     def size_at(self, epoch: int) -> int:
         """The training input size in `epoch` (0-based): small first, then the model's view.
@@ -609,10 +616,12 @@ def _save_run(net: torch.nn.Module, cfg: TrainConfig, classes: list[str], norm: 
     print(f"saved {run_dir / 'model.json'}", file=sys.stderr)
 
 
-def recalibrate(run_dir: str | Path, target_precision: float | None = None, command: str = "") -> Path:
+def recalibrate(run_dir: str | Path, target_precision: float | None = None, zoom_size: int | None = None,
+                command: str = "") -> Path:
     """Choose a finished run's temperature, decision threshold and window threshold again, on its
     own validation split (rebuilt exactly from the run's recorded config and data): after a
-    change to how they are chosen, or for another `target_precision`. The weights are untouched."""
+    change to how they are chosen, for another `target_precision`, or with photos' second view
+    at `zoom_size` px (0: none). The weights are untouched."""
     from .modelfile import load_model, read_metadata
 
     run_dir = Path(run_dir)
@@ -624,7 +633,13 @@ def recalibrate(run_dir: str | Path, target_precision: float | None = None, comm
         raise BirdcnnError(f"{run_dir}: not a finished training run of this birdcnn ({e})") from None
     if target_precision is not None:
         cfg.target_precision = target_precision
+    if zoom_size is not None:
+        cfg.zoom_size = zoom_size or None
+        cfg.check_zoom()
     clf = load_model(run_dir, device=cfg.device)
+    clf.meta = {k: v for k, v in clf.meta.items() if k != "zoom_size"} | (
+        {"zoom_size": cfg.zoom_size} if cfg.zoom_size else {})
+    clf.zoom_size = cfg.zoom_size
     new_meta, metrics = calibrate_and_measure(clf, cfg, prepare_data(cfg), history, meta["training"].get("command", ""))
     new_meta["training"]["recalibrated"] = {"command": command, "date": datetime.now().isoformat(timespec="seconds")}
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -638,6 +653,8 @@ def _classifier(net, cfg: TrainConfig, classes: list[str], norm: dict) -> Classi
             "mean": norm["mean"], "std": norm["std"], "tta": cfg.recipe.get("tta", "none")}
     if cfg.arch_kwargs():
         meta["arch_kwargs"] = cfg.arch_kwargs()
+    if cfg.zoom_size:
+        meta["zoom_size"] = cfg.zoom_size
     return Classifier(net, meta, device=next(net.parameters()).device)
 
 

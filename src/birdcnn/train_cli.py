@@ -46,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_argument(p)
     p.add_argument("--input-size", type=positive_int, default=32, metavar="PX",
                    help="the model's view of an image, in pixels (default 32; CIFAR-10's thumbnails are upsampled)")
+    p.add_argument("--zoom-size", type=non_negative_int, metavar="PX",
+                   help="photos larger than the view are also seen at PX (a second view of the same decode, "
+                        "averaged in by predict and evaluate; e.g. 48 for a 40-px view); with --recalibrate: "
+                        "set on a finished run (0: remove)")
     p.add_argument("--widths", type=positive_int, nargs=3, metavar="C",
                    help="the fast network's channel widths (default 64 256 256; a step's time grows about as "
                         "the square of the width)")
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.recalibrate:
         if not args.out:
             raise BirdcnnError("--recalibrate needs --out RUN_DIR (the finished run)")
-        recalibrate(args.out, args.target_precision, command="birdcnn " + shlex.join(args._argv))
+        recalibrate(args.out, args.target_precision, args.zoom_size, command="birdcnn " + shlex.join(args._argv))
         return 0
     if not args.data and not args.resume:
         raise BirdcnnError("--data is required (e.g. --data cifar10, or a folder of class folders)")
@@ -93,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}"
                    for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "optimizer", "extra_positive",
-                             "preset", "start_size", "start_epochs", "widths")
+                             "preset", "start_size", "start_epochs", "widths", "zoom_size")
                    if getattr(args, k) is not None]
         if ignored:
             print(f"note: --resume continues the run as first configured; ignoring {', '.join(ignored)}",
@@ -109,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                       augment=augment_overrides(args), val_size=args.val_size, seed=args.seed, out=args.out,
                       device=None if args.device == "auto" else args.device, bf16=args.bf16,
                       input_size=args.input_size, start_size=args.start_size, start_epochs=args.start_epochs,
-                      preset=args.preset, optimizer=args.optimizer,
+                      preset=args.preset, optimizer=args.optimizer, zoom_size=args.zoom_size or None,
                       **({} if args.target_precision is None else {"target_precision": args.target_precision}))
     train(cfg, resume=args.resume, command="birdcnn " + shlex.join(args._argv))
     return 0
