@@ -7,6 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # The shared data beside the checkout (../shared/data), which every benchmark reads.
@@ -60,3 +61,26 @@ def torchrun(procs: int, *args: str) -> tuple[list[str], dict]:
     each with an equal share of the cores (as torchrun's OMP_NUM_THREADS=1 does on 2 cores)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *args], env
+
+
+# Where the birds are in ../shared/data/photos/bird: (x0, y0, x1, y1) in photo pixels, drawn by
+# looking at each photo over a 50-px grid (a box per bird; the vulture photo's two on the chimney,
+# the magpie photo's two on the lawn, the king penguin's two half-seen neighbours at the top).
+SHARED_BIRD_BOXES = {
+    "african_grey": [(10, 0, 390, 355)], "cock": [(190, 50, 500, 349)], "crane": [(135, 60, 230, 430)],
+    "king_penguin": [(140, 75, 335, 335), (255, 0, 335, 50), (460, 0, 500, 50)],
+    "little_blue_heron": [(180, 50, 475, 320)], "magpie": [(90, 175, 155, 300), (232, 135, 315, 195)],
+    "partridge": [(80, 40, 395, 300)], "ruffed_grouse": [(240, 118, 385, 245)],
+    "vulture": [(105, 65, 145, 140), (150, 90, 200, 155)], "white_stork": [(55, 75, 480, 720)],
+}
+
+
+def on_the_bird(box, photo: str, size: tuple[int, int]) -> bool:
+    """Whether most (>= half) of `box` lies on the birds of shared photo `photo` (its stem)."""
+    W, H = size
+    mask = np.zeros((H, W), bool)
+    for x0, y0, x1, y1 in SHARED_BIRD_BOXES[photo]:
+        mask[y0:y1, x0:x1] = True
+    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    inside = mask[max(0, y0):min(H, y1), max(0, x0):min(W, x1)]
+    return bool(inside.size > 0 and inside.mean() >= 0.5)

@@ -453,6 +453,9 @@ BAD_METADATA = {
     "arch_kwargs: two widths": ({"arch_kwargs": {"widths": [8, 16]}}, "do not describe a 'fast' network"),
     "arch_kwargs: unknown setting": ({"arch_kwargs": {"depth": 50}}, "do not describe a 'fast' network"),
     "input_size too small for the network": ({"input_size": 4}, "'input_size' 4 does not fit the network"),
+    "window_scoring: even neighbourhood": ({"window_scoring": {"neighbourhood": 2, "whole_frame": 1.0}},
+                                           "'window_scoring' must be {neighbourhood: 1, 3, 5 or 7"),
+    "window_scoring: missing key": ({"window_scoring": {"neighbourhood": 3}}, "'window_scoring' must be"),
 }
 
 

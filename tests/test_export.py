@@ -91,7 +91,7 @@ def test_onnx_file_carries_the_metadata(shipped_onnx):
     meta = json.loads({p.key: p.value for p in model.metadata_props}["birdcnn"])
     source = read_metadata(default_model_path())
     for key in ("classes", "positive", "mean", "std", "input_size", "zoom_size", "temperature", "threshold",
-                "window_threshold", "tta", "resize"):
+                "window_threshold", "window_scoring", "tta", "resize"):
         assert meta[key] == source[key], key
     assert meta["export"]["source_weights_sha256"] == source["weights_sha256"]
     assert meta["export"]["precision"] == "float32" and meta["export"]["opset"] >= 17

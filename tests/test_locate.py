@@ -11,7 +11,10 @@ from PIL import Image
 from torchvision.ops import box_iou, nms
 
 from birdcnn.cli import main
-from birdcnn.locate import MAX_WINDOWS, MIN_WINDOW_PX, _load_nms, locate, locate_file, plan_scales
+from birdcnn.images import model_view
+from birdcnn.locate import (
+    CALIBRATED_SCORING, MAX_WINDOWS, MIN_WINDOW_PX, WindowScoring, _load_nms, locate, locate_file, plan_scales,
+)
 from birdcnn.modelfile import default_model_path, load_model
 
 
@@ -80,6 +83,41 @@ def test_boxes_are_in_photo_coordinates(model, photos):
     for p, q in zip(a.boxes, b.boxes):
         assert q["probability"] == p["probability"]
         assert np.allclose(q["box"], np.array(p["box"]) * 4, atol=4)
+
+
+@pytest.mark.parametrize("scoring", [WindowScoring(), CALIBRATED_SCORING, WindowScoring(5, 0.5)])
+def test_window_scores_by_hand(model, photos, scoring):
+    """A window's score is the mean bird log-odds of its k x k neighbours (edges repeated) plus
+    `whole_frame` x the whole photo's log-odds: computed here from the model's logits directly."""
+    size = model.input_size
+    # A photo whose one scale needs no resize: the windows are plain slices of its pixels.
+    im = Image.open(photos / "bird" / "crane.jpg").convert("RGB").resize((4 * size, 3 * size), Image.Resampling.BICUBIC)
+    res = locate(im, model, scales=[1 / 3], min_probability=0, top=1, scoring=scoring)
+    a, st = np.array(im), round(size * 0.25)
+    ny, nx = (a.shape[0] - size) // st + 1, (a.shape[1] - size) // st + 1
+    windows = np.stack([a[y * st:y * st + size, x * st:x * st + size] for y in range(ny) for x in range(nx)])
+    pos, t = model.positive_index, model.temperature_for("none")
+
+    def log_odds(x: np.ndarray) -> np.ndarray:
+        z = model.logits(x, tta="none").double().numpy() / t
+        rest = np.delete(z, pos, 1)
+        return z[:, pos] - (rest.max(1) + np.log(np.exp(rest - rest.max(1, keepdims=True)).sum(1)))
+
+    lo, k = log_odds(windows).reshape(ny, nx), scoring.neighbourhood
+    padded = np.pad(lo, k // 2, mode="edge")
+    mean = np.array([[padded[y:y + k, x:x + k].mean() for x in range(nx)] for y in range(ny)])
+    whole = log_odds(model_view(im, size)[None])[0]
+    score = mean + scoring.whole_frame * whole
+    assert res.windows == nx * ny and res.whole_frame_probability == pytest.approx(1 / (1 + np.exp(-whole)), abs=1e-6)
+    assert res.max_probability == pytest.approx(1 / (1 + np.exp(-score.max())), abs=1e-6)
+    y, x = np.unravel_index(score.argmax(), score.shape)
+    assert res.boxes[0]["box"] == [x * st, y * st, x * st + size, y * st + size]
+
+
+def test_the_window_threshold_keeps_its_scoring(model, bird_model):
+    """A model file records how its window threshold was chosen; files from before score single windows."""
+    assert "window_scoring" not in model.meta and WindowScoring.of(model) == WindowScoring(1, 0.0)
+    assert WindowScoring.of(bird_model) == CALIBRATED_SCORING == WindowScoring(3, 1.0)
 
 
 def test_cli_json_and_heatmap(tiny_model, photos, tmp_path, capsys):

@@ -134,6 +134,7 @@ def test_train_on_two_sources_records_each(cifar_small, photo_source, tmp_path):
     assert meta["training"]["data"] == [str(cifar_small), str(photo_source)]
     assert (0 <= meta["window_threshold"] <= 1 and "window" in meta["window_threshold_rule"]
             or "unreachable" in meta["window_threshold_rule"])
+    assert meta["window_scoring"] == {"neighbourhood": 3, "whole_frame": 1.0}  # what the threshold was chosen for
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["sources"]) == {str(cifar_small), str(photo_source)}
     assert metrics["sources"][str(cifar_small)]["test"]["n"] == 200

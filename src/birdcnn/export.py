@@ -23,6 +23,7 @@ import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -37,6 +38,7 @@ from .atomic import write_atomic, write_text
 from .backends import EXPORT_FORMAT, METADATA_KEY, load_onnx, onnx_export, sidecar
 from .errors import BirdcnnError, DataError, display_path
 from .images import PHOTO_SCALE, is_image_path, load_for_model
+from .locate import WindowScoring
 from .modelfile import Classifier, load_model
 
 if TYPE_CHECKING:
@@ -82,7 +84,8 @@ def export_metadata(clf: Classifier, source: str, fmt: str, precision: str) -> d
     return {
         "format": EXPORT_FORMAT, "format_version": 1, **own,
         "temperature": clf.temperature, "threshold": clf.threshold, "tta": clf.tta,
-        "window_threshold": clf.window_threshold([clf.positive_index]), "resize": clf.meta.get("resize", RESIZE_RULE),
+        "window_threshold": clf.window_threshold([clf.positive_index]),
+        "window_scoring": asdict(WindowScoring.of(clf)), "resize": clf.meta.get("resize", RESIZE_RULE),
         "export": {
             "format": fmt, "precision": precision, "birdcnn": __version__, "torch": torch.__version__,
             "source_model": source, "source_weights_sha256": clf.meta.get("weights_sha256"),

@@ -109,6 +109,10 @@ _FIELDS = {
     "temperature": (lambda v: _is_number(v) and v > 0, "a number above 0"),
     "threshold": (lambda v: _is_number(v) and 0 <= v <= 1, "a probability from 0 to 1"),
     "window_threshold": (lambda v: _is_number(v) and 0 <= v <= 1, "a probability from 0 to 1"),
+    "window_scoring": (lambda v: isinstance(v, dict) and set(v) == {"neighbourhood", "whole_frame"}
+                       and _is_whole(v["neighbourhood"]) and v["neighbourhood"] in (1, 3, 5, 7)
+                       and _is_number(v["whole_frame"]) and 0 <= v["whole_frame"] <= 10,
+                       "{neighbourhood: 1, 3, 5 or 7, whole_frame: a number from 0 to 10}"),
     "weights_sha256": (lambda v: isinstance(v, str), "a sha256 hex string"),
     "calibration": (lambda v: isinstance(v, dict) and all(
         m in TTA_MODES and isinstance(c, dict) and _is_number(c.get("temperature")) and c["temperature"] > 0
