@@ -129,6 +129,7 @@ def test_cli_json_and_heatmap(tiny_model, photos, tmp_path, capsys):
     assert code == 0 and res["heatmap"] == str(out) and res["size"] == list(Image.open(photo).size)
     assert len(res["boxes"]) == 3 and [s["scale"] for s in res["scales"]] == [0.5, 0.3]
     assert res["windows"] == sum(s["windows"] for s in res["scales"])
+    assert res["window_scoring"] == {"neighbourhood": 1, "whole_frame": 0.0}  # the tiny model's file has none
     probs = [b["probability"] for b in res["boxes"]]
     assert probs == sorted(probs, reverse=True) and probs[0] == pytest.approx(res["max_probability"], abs=1e-6)
     png = Image.open(out)

@@ -30,7 +30,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +111,7 @@ class Located:
     max_probability: float = 0.0               # best window, before any threshold
     whole_frame_probability: float = 0.0
     whole_frame_log_odds: float = 0.0
+    scoring: WindowScoring = WindowScoring()
     min_probability: float = 0.5               # a window needs this much to be a box
     windows: int = 0
     scales: list[dict] = field(default_factory=list)     # {"scale", "window_px", "stride_px", "windows"}
@@ -124,7 +125,8 @@ class Located:
                 "min_probability": self.min_probability,
                 "max_probability": round(self.max_probability, 6),
                 "whole_frame_probability": round(self.whole_frame_probability, 6),
-                "windows": self.windows, "scales": self.scales, "seconds": round(self.seconds, 3)}
+                "window_scoring": asdict(self.scoring), "windows": self.windows, "scales": self.scales,
+                "seconds": round(self.seconds, 3)}
 
 
 def _window_grid(length: int, stride: int, size: int) -> tuple[int, int]:
@@ -181,9 +183,8 @@ def locate(im: Image.Image, model: Classifier, target: str | None = None,
     disp_scale = min(1.0, DISPLAY / max(w, h))
     dw, dh = max(1, round(w * disp_scale)), max(1, round(h * disp_scale))
     display = im.resize((dw, dh), Image.Resampling.BICUBIC, reducing_gap=3.0) if (dw, dh) != (w, h) else im
-    res = Located((W, H), target, display=display, min_probability=float(min_probability))
-
     scoring = scoring or WindowScoring.of(model)
+    res = Located((W, H), target, display=display, min_probability=float(min_probability), scoring=scoring)
     others = [i for i in range(len(model.classes)) if i not in ci]
     t = model.temperature_for("none")
 
