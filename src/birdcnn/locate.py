@@ -10,7 +10,7 @@ is an extreme value that some crop of almost any photo reaches, while a bird lif
 overlapping windows, and the whole photo's own evidence counts too. So a window's bird log-odds are
 averaged with its neighbours' (3x3, same scale), and the whole frame's log-odds are added.
 Measured on validation photos: as a "bird somewhere?" detector, the best window's average precision
-rose from 0.71 to 0.91 (docs/RESULTS.md, `benchmarks/locate_photos.py`).
+rose from 0.71 to 0.91 (docs/RESULTS.md, `benchmarks/locate_scoring.py`).
 
 Cost is bounded whatever the photo: windows are sized relative to the photo, so their number
 does not grow with the megapixels; it is capped at `max_windows` (photos that would need more,
