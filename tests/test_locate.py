@@ -114,10 +114,14 @@ def test_window_scores_by_hand(model, photos, scoring):
     assert res.boxes[0]["box"] == [x * st, y * st, x * st + size, y * st + size]
 
 
-def test_the_window_threshold_keeps_its_scoring(model, bird_model):
+def test_the_window_threshold_keeps_its_scoring(model, bird_model, photos):
     """A model file records how its window threshold was chosen; files from before score single windows."""
     assert "window_scoring" not in model.meta and WindowScoring.of(model) == WindowScoring(1, 0.0)
     assert WindowScoring.of(bird_model) == CALIBRATED_SCORING == WindowScoring(3, 1.0)
+    # Other classes have no window threshold chosen for them: single windows, against the default 0.5.
+    assert WindowScoring.of(bird_model, bird_model.class_indices("cat,dog")) == WindowScoring()
+    dingo = locate_file(photos / "not_bird" / "dingo.jpg", bird_model, target="dog", scales=[0.5])
+    assert dingo.scoring == WindowScoring() and dingo.min_probability == 0.5
 
 
 def test_cli_json_and_heatmap(tiny_model, photos, tmp_path, capsys):

@@ -84,9 +84,14 @@ class WindowScoring:
     whole_frame: float = 0.0
 
     @classmethod
-    def of(cls, model: Classifier) -> "WindowScoring":
+    def of(cls, model: Classifier, indices: list[int] | None = None) -> "WindowScoring":
+        """The scoring the model's window threshold for `indices` (default: its positive class) was
+        chosen with. Other classes have no window threshold of their own (0.5 by default), so they
+        keep single windows, as that 0.5 has always meant."""
         v = model.meta.get("window_scoring")
-        return cls(int(v["neighbourhood"]), float(v["whole_frame"])) if v else cls()
+        if not v or (indices is not None and indices != [model.positive_index]):
+            return cls()
+        return cls(int(v["neighbourhood"]), float(v["whole_frame"]))
 
 
 CALIBRATED_SCORING = WindowScoring(neighbourhood=3, whole_frame=1.0)  # what new calibrations choose a threshold for
@@ -170,7 +175,7 @@ def locate(im: Image.Image, model: Classifier, target: str | None = None,
     are given in those coordinates. Boxes are the windows left after non-maximum suppression
     (IoU 0.3) with probability >= `min_probability` (default: the model's window threshold, see
     `Classifier.window_threshold`), at most `top` of them. `target`: one class or several, comma-separated.
-    `scoring`: how windows are scored (default: as the model's window threshold was chosen).
+    `scoring`: how windows are scored (default: as the model's window threshold for `target` was chosen).
     """
     t0 = time.perf_counter()
     ci = model.class_indices(target)
@@ -183,7 +188,7 @@ def locate(im: Image.Image, model: Classifier, target: str | None = None,
     disp_scale = min(1.0, DISPLAY / max(w, h))
     dw, dh = max(1, round(w * disp_scale)), max(1, round(h * disp_scale))
     display = im.resize((dw, dh), Image.Resampling.BICUBIC, reducing_gap=3.0) if (dw, dh) != (w, h) else im
-    scoring = scoring or WindowScoring.of(model)
+    scoring = scoring or WindowScoring.of(model, ci)
     res = Located((W, H), target, display=display, min_probability=float(min_probability), scoring=scoring)
     others = [i for i in range(len(model.classes)) if i not in ci]
     t = model.temperature_for("none")
