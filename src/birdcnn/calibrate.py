@@ -110,13 +110,13 @@ def calibrate_and_measure(
     if photo_val.any():
         from .locate import CALIBRATED_SCORING, calibrate_windows
 
-        idx = np.nonzero(photo_val)[0]
+        idx, k = np.nonzero(photo_val)[0], CALIBRATED_SCORING.neighbourhood
         t, info = calibrate_windows(clf, [val.paths[i] for i in idx], val.labels[idx] == pos, cfg.target_precision)
         window = {"window_threshold": t if t is not None else max(threshold, 0.5),
                   "window_scoring": asdict(CALIBRATED_SCORING),
                   "window_threshold_rule": (
-                      (f"lowest score at which a photo's best locate window (3x3 neighbours' mean plus the whole "
-                       f"frame) means "
+                      (f"lowest score at which a photo's best locate window ({k}x{k} neighbours' mean plus "
+                       f"{CALIBRATED_SCORING.whole_frame:g} x the whole frame) means "
                        f"{cfg.positive} with precision >= {cfg.target_precision} on "
                        f"{info['photos']} validation photos ({info['positives']} {cfg.positive})")
                       if t is not None else "unreachable on validation photos: the decision threshold")}
