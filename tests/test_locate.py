@@ -11,11 +11,11 @@ from PIL import Image
 from torchvision.ops import box_iou, nms
 
 from birdcnn.cli import main
-from birdcnn.images import load_views, model_view
+from birdcnn.images import model_view
 from birdcnn.locate import (
     CALIBRATED_SCORING, MAX_WINDOWS, MIN_WINDOW_PX, WindowScoring, _load_nms, locate, locate_file, plan_scales,
 )
-from birdcnn.modelfile import default_model_path, load_model, stack_zoomed
+from birdcnn.modelfile import default_model_path, load_model
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,7 @@ def test_boxes_are_in_photo_coordinates(model, photos):
 @pytest.mark.parametrize("scoring", [WindowScoring(), CALIBRATED_SCORING, WindowScoring(5, 0.5)])
 def test_window_scores_by_hand(model, photos, scoring):
     """A window's score is the mean bird log-odds of its k x k neighbours (edges repeated) plus
-    `whole_frame` x the whole photo's log-odds (as `predict` scores it): computed here from the
-    model's logits directly."""
+    `whole_frame` x the whole photo's log-odds: computed here from the model's logits directly."""
     size = model.input_size
     # A photo whose one scale needs no resize: the windows are plain slices of its pixels.
     im = Image.open(photos / "bird" / "crane.jpg").convert("RGB").resize((4 * size, 3 * size), Image.Resampling.BICUBIC)
@@ -99,16 +98,15 @@ def test_window_scores_by_hand(model, photos, scoring):
     windows = np.stack([a[y * st:y * st + size, x * st:x * st + size] for y in range(ny) for x in range(nx)])
     pos, t = model.positive_index, model.temperature_for("none")
 
-    def log_odds(z: torch.Tensor) -> np.ndarray:
-        z = z.double().numpy()
+    def log_odds(x: np.ndarray) -> np.ndarray:
+        z = model.logits(x, tta="none").double().numpy() / t
         rest = np.delete(z, pos, 1)
         return z[:, pos] - (rest.max(1) + np.log(np.exp(rest - rest.max(1, keepdims=True)).sum(1)))
 
-    lo, k = log_odds(model.logits(windows, tta="none") / t).reshape(ny, nx), scoring.neighbourhood
+    lo, k = log_odds(windows).reshape(ny, nx), scoring.neighbourhood
     padded = np.pad(lo, k // 2, mode="edge")
     mean = np.array([[padded[y:y + k, x:x + k].mean() for x in range(nx)] for y in range(ny)])
-    # The whole photo as predict scores it: the model's own views and temperature.
-    whole = log_odds(model.logits(model_view(im, size)[None]) / model.temperature)[0]
+    whole = log_odds(model_view(im, size)[None])[0]
     score = mean + scoring.whole_frame * whole
     assert res.windows == nx * ny and res.whole_frame_probability == pytest.approx(1 / (1 + np.exp(-whole)), abs=1e-6)
     assert res.max_probability == pytest.approx(1 / (1 + np.exp(-score.max())), abs=1e-6)
@@ -183,14 +181,3 @@ def test_finds_a_pasted_bird(bird_model, cifar_small, photos, scene="television"
     # The heat map is hottest around the bird.
     hx, hy = (x + s // 2) * found.heat.shape[1] // 720, (y + s // 2) * found.heat.shape[0] // 480
     assert found.heat[hy, hx] > np.percentile(found.heat, 90)
-
-
-def test_whole_frame_is_scored_as_predict_scores_it(bird_model, photos):
-    """locate's whole-frame probability is predict's: the model's views plus its zoom view (the
-    photo is decoded larger for the windows, so the pixels differ slightly)."""
-    photo = photos / "bird" / "crane.jpg"
-    view, zoom = load_views(photo, bird_model.input_size, bird_model.zoom_size)
-    assert zoom is not None
-    p = bird_model.probabilities(view[None], zoomed=stack_zoomed([zoom]))[0, bird_model.positive_index]
-    res = locate_file(photo, bird_model, scales=[0.5])
-    assert res.whole_frame_probability == pytest.approx(float(p), abs=0.02)

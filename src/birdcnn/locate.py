@@ -41,8 +41,8 @@ from PIL import Image
 from .atomic import save_figure
 from .devices import add_device_argument, chosen_device
 from .errors import BirdcnnError
-from .images import FIGURE_SUFFIXES, display_path, model_view, open_image, zoom_view
-from .modelfile import Classifier, load_model, stack_zoomed
+from .images import FIGURE_SUFFIXES, display_path, model_view, open_image
+from .modelfile import Classifier, load_model
 
 
 @functools.cache
@@ -193,14 +193,13 @@ def locate(im: Image.Image, model: Classifier, target: str | None = None,
     others = [i for i in range(len(model.classes)) if i not in ci]
     t = model.temperature_for("none")
 
-    def log_odds(z: torch.Tensor) -> torch.Tensor:
-        # From the logits (float64), not from probabilities, which saturate at 1.0.
-        z = z.double()
+    def log_odds(windows: torch.Tensor) -> torch.Tensor:
+        # Log-odds from the logits (float64), not from probabilities, which saturate at 1.0. No flip
+        # averaging: it would double the cost, and the neighbourhood averages out noise.
+        z = model.logits(windows, tta="none").double() / t
         return torch.logsumexp(z[:, ci], 1) - torch.logsumexp(z[:, others], 1)
 
-    # The whole photo as `predict` sees it: the model's views, and its zoom view for a photo.
-    zoomed = stack_zoomed([zoom_view(im, size, model.zoom_size)])
-    whole = float(log_odds(model.logits(model_view(im, size)[None], zoomed=zoomed) / model.temperature)[0])
+    whole = float(log_odds(torch.from_numpy(model_view(im, size))[None])[0])
     res.whole_frame_log_odds, res.whole_frame_probability = whole, 1 / (1 + math.exp(-whole))
 
     heat = torch.zeros(dh, dw)
@@ -216,7 +215,7 @@ def locate(im: Image.Image, model: Classifier, target: str | None = None,
         covered = small[oy:oy + (ny - 1) * st + size, ox:ox + (nx - 1) * st + size]
         # (ny, nx, 3, size, size) -> (ny*nx, size, size, 3): every window, no Python loop.
         windows = covered.unfold(0, size, st).unfold(1, size, st).permute(0, 1, 3, 4, 2).reshape(-1, size, size, 3)
-        lo = log_odds(model.logits(windows, tta="none") / t).view(ny, nx)  # one view: the neighbours average
+        lo = log_odds(windows).view(ny, nx)
         score = score_windows(lo, whole, scoring).flatten()  # log-odds: ranks where probabilities reach 1.0
 
         # Heat: each window's probability (its neighbourhood's, without the whole photo's evidence,
