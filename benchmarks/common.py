@@ -63,6 +63,19 @@ def torchrun(procs: int, *args: str) -> tuple[list[str], dict]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *args], env
 
 
+def validation_split(cfg: dict, k: int, size: int):
+    """The run's k-th training source (`cfg`: its recorded training config) decoded at `size` px,
+    and the indices of its validation split, held out exactly as training held them out (a recorded
+    source path that does not exist here is looked for in the shared data beside this checkout)."""
+    from birdcnn import data as D
+    from birdcnn.sources import validation_count
+
+    spec = Path(cfg["data"][k])
+    view = D.load_split(str(spec if spec.exists() else SHARED / spec.name), "train", size)
+    _, val = D.split_validation(len(view), validation_count(len(view), cfg.get("val_size")), cfg["seed"] + k)
+    return view, val
+
+
 # Where the birds are in ../shared/data/photos/bird: (x0, y0, x1, y1) in photo pixels, drawn by
 # looking at each photo over a 50-px grid (a box per bird; the vulture photo's two on the chimney,
 # the magpie photo's two on the lawn, the king penguin's two half-seen neighbours at the top).

@@ -20,15 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from birdcnn import data as D
 from birdcnn.locate import WindowScoring, locate_file, score_windows
 from birdcnn.metrics import average_precision
 from birdcnn.modelfile import load_model
-from birdcnn.sources import canonical_class, validation_count
+from birdcnn.sources import canonical_class
 
-from common import SHARED, on_the_bird, print_machine_facts, print_summary
+from common import SHARED, on_the_bird, print_machine_facts, print_summary, validation_split
 
-# Validation photos located per source (birds, others): ~6 minutes on 2 cores.
+# Validation photos located per source (birds, others): with the 40 shared photos, ~10 minutes on 2 cores.
 SAMPLE = {"realphotos": (40, 80), "tinyimagenet-64px": (60, 180), "caltech101": (30, 90)}
 
 
@@ -40,9 +39,7 @@ def validation_photos(clf, seed: int = 1) -> list[tuple[str, str, bool, float]]:
         name = Path(spec).name.split(".")[0]
         if name not in SAMPLE:
             continue
-        path = Path(spec) if Path(spec).exists() else SHARED / Path(spec).name
-        view = D.load_split(str(path), "train", clf.input_size)
-        _, val = D.split_validation(len(view), validation_count(len(view), cfg.get("val_size")), cfg["seed"] + k)
+        view, val = validation_split(cfg, k, clf.input_size)
         y = np.array([canonical_class(view.classes[c]) == clf.positive for c in view.labels[val]])
         for want, idx in zip(SAMPLE[name], (np.nonzero(y)[0], np.nonzero(~y)[0])):
             pick = rng.choice(idx, min(want, len(idx)), replace=False)

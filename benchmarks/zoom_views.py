@@ -21,12 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from birdcnn import data as D
 from birdcnn.metrics import average_precision
 from birdcnn.modelfile import Classifier, load_model
-from birdcnn.sources import canonical_class, validation_count
+from birdcnn.sources import canonical_class
 
-from common import SHARED, print_machine_facts, print_summary
+from common import print_machine_facts, print_summary, validation_split
 
 
 def resized_logits(clf: Classifier, images: np.ndarray, size: int, tta: str) -> torch.Tensor:
@@ -38,12 +37,6 @@ def resized_logits(clf: Classifier, images: np.ndarray, size: int, tta: str) -> 
         return clf.logits(images, tta=tta)
     finally:
         clf.prepare = prepare
-
-
-def source_path(spec: str) -> str:
-    """A recorded training source (e.g. ../shared/data/x.tar.gz) found beside this checkout."""
-    p = Path(spec)
-    return str(p if p.exists() else SHARED / p.name)
 
 
 def main() -> None:
@@ -59,8 +52,7 @@ def main() -> None:
     for k, spec in enumerate(cfg["data"]):
         name, logits = Path(spec).name.split(".")[0], {}
         for size in [base, *args.sizes]:
-            view = D.load_split(source_path(spec), "train", size)
-            _, val = D.split_validation(len(view), validation_count(len(view), cfg.get("val_size")), cfg["seed"] + k)
+            view, val = validation_split(cfg, k, size)
             images = view.images[val]
             is_bird = np.array([canonical_class(view.classes[c]) == clf.positive for c in view.labels[val]])
             if not is_bird.any():
