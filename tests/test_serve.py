@@ -186,10 +186,19 @@ def test_concurrent_requests_get_their_own_results(client, model, photos):
     def ask(p: Path) -> tuple[str, list[dict]]:
         return p.name, client.post("/api/predict", files=upload("files", p, p)).json()
 
+    def same(got: dict, want: dict) -> bool:
+        # A request may share a batch with others: float32 kernels then round the last digit differently.
+        probs = ("bird_probability", "top_classes")
+        return ({k: v for k, v in got.items() if k not in probs} == {k: v for k, v in want.items() if k not in probs}
+                and abs(got["bird_probability"] - want["bird_probability"]) < 1e-5
+                and [t["class"] for t in got["top_classes"]] == [t["class"] for t in want["top_classes"]]
+                and all(abs(g["probability"] - w["probability"]) < 1e-5
+                        for g, w in zip(got["top_classes"], want["top_classes"])))
+
     with ThreadPoolExecutor(len(paths)) as pool:
         answers = list(pool.map(ask, paths * 2))
     for name, records in answers:
-        assert records == [want[name], want[name]]
+        assert len(records) == 2 and all(same(r, want[name]) for r in records), (name, records, want[name])
 
 
 def test_openapi_and_page_need_no_cdn(client):

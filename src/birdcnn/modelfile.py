@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from .atomic import write_bytes, write_text
+from .devices import fast_bf16
 from .errors import BirdcnnError, ModelFileError
 from .models import ARCHITECTURES, build
 
@@ -261,7 +262,7 @@ class Classifier:
         # Temperature and threshold per set of test-time views (see `calibrate`): search's 2 views
         # and locate's 1 are less sharp than 6. The top-level values are those of `tta`.
         self.calibration: dict[str, dict] = dict(meta.get("calibration", {}))
-        self.bf16 = True  # bf16 autocast for inference (see _autocast)
+        self.bf16 = fast_bf16(self.device)  # bf16 autocast where the processor has it natively
         self._mean = torch.tensor(meta["mean"], device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(meta["std"], device=self.device).view(1, 3, 1, 1) * 255
 
@@ -276,7 +277,8 @@ class Classifier:
         return ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
 
     def _autocast(self):
-        # bf16 on CPU: ~2x faster; measured to change test accuracy by < 0.05% (docs/RESULTS.md).
+        # bf16 on a CPU with AVX512-BF16: ~2x faster; measured to change test accuracy by < 0.05%
+        # (docs/RESULTS.md). `fast_bf16` leaves it off where it would be slower.
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
                               enabled=self.bf16 and self.device.type in ("cpu", "cuda"))
 

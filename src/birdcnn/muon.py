@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import torch
 
+from .devices import fast_bf16
+
 
 def orthogonalise(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
     """An approximately orthogonal matrix with g's singular vectors (singular values ~0.5-1.5):
     airbench's quintic Newton-Schulz iteration, in bf16 where the device has fast bf16 matmuls."""
-    dtype = torch.bfloat16 if g.device.type in ("cpu", "cuda") else torch.float32
+    dtype = torch.bfloat16 if fast_bf16(g.device) else torch.float32
     x = g.to(dtype)
     x = x / (x.norm() + eps)  # the top singular value <= 1
     wide = x.size(0) <= x.size(1)

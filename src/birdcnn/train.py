@@ -28,6 +28,7 @@ from . import sources as S
 from .atomic import save_figure, write_atomic, write_text
 from .augment import Augment, PhotoViews, alternating_flip, shrink
 from .calibrate import calibrate_and_measure
+from .devices import fast_bf16
 from .errors import BirdcnnError, DataError, TrainingInterrupted
 from .interrupts import StopOnCtrlC
 from .modelfile import Classifier, pick_device, save_model
@@ -480,7 +481,10 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
               + (f"; {ranks.world} processes" if ranks.parallel else ""), file=sys.stderr)
     norm = json.loads(ckpt["norm"]) if ckpt is not None else data_norm(train_ds.images)
     inputs = Inputs(mixed, cfg, device, norm)
-    use_bf16 = cfg.bf16 and device.type in ("cpu", "cuda")
+    use_bf16 = cfg.bf16 and fast_bf16(device)
+    if ranks.main:
+        print(f"device: {device}, " + ("bf16 autocast" if use_bf16 else "float32" + (
+            " (this processor has no native bf16)" if cfg.bf16 else "")), file=sys.stderr)
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)

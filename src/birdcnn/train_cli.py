@@ -61,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="quick: as good as possible in a few minutes (a narrower network, Muon, fewer and "
                         "smaller epochs; docs/RESULTS.md); without it, the recipe of the best model")
-    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false",
+                   help="train in float32 (by default: bf16 autocast where the processor computes bf16 natively)")
     add_augment_arguments(p)
 
 
