@@ -1,0 +1,105 @@
+"""Why one p(bird) cannot be calibrated on every source: the sources' bird shares differ.
+
+The shipped model learnt from a mix where 7% of the images are birds; the test sets hold 2%
+(Tiny ImageNet) to 55% (realphotos). A probability that is calibrated on one base rate is off on
+another. This measures it, and the one post-hoc remedy that needs no retraining: dividing each
+class's probability by its training share to a power tau (logit adjustment, Menon et al. 2021,
+"Long-tail learning via logit adjustment"), p'(c) ~ p(c) / prior(c)^tau, at the model's
+temperature. For each tau: bird AP and ECE of p(bird) on each source's validation split (rebuilt as
+training held it out) and test split, and on the 40 shared photos. Every image gets predict's
+views (the model's 6 views, and for photos the zoom view's flip pair).
+
+    python benchmarks/class_prior.py [--model PATH] [--cache logits.npz] [--taus 0 0.5 1]
+
+Computing the logits takes ~20 minutes on 2 cores; --cache keeps them for a rerun.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from birdcnn import data as D
+from birdcnn.images import load_views
+from birdcnn.metrics import average_precision, expected_calibration_error
+from birdcnn.modelfile import Classifier, load_model
+from birdcnn.sources import canonical_class, is_photo_source
+
+from common import SHARED, print_machine_facts, print_summary, validation_split
+
+
+def predict_logits(clf: Classifier, images: np.ndarray, zoomed: np.ndarray | None) -> np.ndarray:
+    """predict's logits: the model's views, averaged with the zoom views' flip pair where given."""
+    z = None if zoomed is None else (np.arange(len(zoomed)), zoomed)
+    return clf.logits(images, zoomed=z).numpy()
+
+
+def all_logits(clf: Classifier) -> dict[str, np.ndarray]:
+    """{"<split> <source>": logits, "<split> <source> classes": canonical class names}."""
+    cfg, out = clf.meta["training"]["config"], {}
+    for k, spec in enumerate(cfg["data"]):
+        name, path = Path(spec).name.split(".")[0], SHARED / Path(spec).name
+        photo = clf.zoom_size and is_photo_source(D.resolve_source(str(path)), clf.input_size)
+        view, val = validation_split(cfg, k, clf.input_size)
+        zoom = validation_split(cfg, k, clf.zoom_size)[0].images[val] if photo else None
+        out[f"val {name}"] = predict_logits(clf, view.images[val], zoom)
+        out[f"val {name} classes"] = np.array([canonical_class(view.classes[c]) for c in view.labels[val]])
+        test = D.load_split(str(path), "test", clf.input_size)
+        zoom = D.load_split(str(path), "test", clf.zoom_size).images if photo else None
+        out[f"test {name}"] = predict_logits(clf, test.images, zoom)
+        out[f"test {name} classes"] = np.array([canonical_class(test.classes[c]) for c in test.labels])
+        print(f"{name}: {len(val)} validation, {len(test)} test images", flush=True)
+    paths = sorted((SHARED / "photos").glob("*/*"))
+    views = [load_views(p, clf.input_size, clf.zoom_size) for p in paths]
+    zoomed = [i for i, (_, z) in enumerate(views) if z is not None]  # photos above 1.25x the view
+    out["test photos"] = clf.logits(np.stack([v for v, _ in views]),
+                                    zoomed=(np.array(zoomed), np.stack([views[i][1] for i in zoomed]))).numpy()
+    out["test photos classes"] = np.array([p.parent.name for p in paths])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="a model trained by `birdcnn train` (default: the shipped model)")
+    ap.add_argument("--cache", help="keep the logits in this .npz file, and read them from it when it exists")
+    ap.add_argument("--taus", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1.0])
+    args = ap.parse_args()
+    facts = print_machine_facts()
+    clf = load_model(args.model)
+    if args.cache and Path(args.cache).exists():
+        logits = dict(np.load(args.cache))
+    else:
+        logits = all_logits(clf)
+        if args.cache:
+            np.savez(args.cache, **logits)
+    counts = np.zeros(len(clf.classes))
+    for s in clf.meta["training"]["sources"]:
+        for c, n in s["classes"].items():
+            counts[clf.classes.index(canonical_class(c))] += n
+    log_prior = torch.from_numpy(np.log(counts / counts.sum()))
+    sets = [k for k in logits if not k.endswith(" classes")]
+    base_rates = {s: float((logits[f"{s} classes"] == clf.positive).mean()) for s in sets}
+    print(f"bird share: training {counts[clf.positive_index] / counts.sum():.3f}; "
+          + ", ".join(f"{s} {r:.3f}" for s, r in base_rates.items() if r > 0))
+    rows = {}
+    for tau in args.taus:
+        for s in sets:
+            y = logits[f"{s} classes"] == clf.positive
+            if not y.any():
+                continue
+            z = torch.from_numpy(logits[s]).double() / clf.temperature - tau * log_prior
+            p = torch.softmax(z, 1)[:, clf.positive_index].numpy()
+            rows.setdefault(s, {})[tau] = (average_precision(y, p), expected_calibration_error(p, y))
+    print("\n| bird AP / ECE of p(bird) | bird share | " + " | ".join(f"tau {t:g}" for t in args.taus) + " |")
+    print("|---|---|" + "---|" * len(args.taus))
+    for s, r in rows.items():
+        print(f"| {s} | {base_rates[s]:.3f} | " + " | ".join(f"{a:.3f} / {e:.3f}" for a, e in r.values()) + " |")
+    print_summary({"benchmark": "class_prior", "model": args.model or "shipped", "base_rates": base_rates,
+                   "rows": {s: {str(t): {"ap": round(a, 4), "ece": round(e, 4)} for t, (a, e) in r.items()}
+                            for s, r in rows.items()}, **facts})
+
+
+if __name__ == "__main__":
+    main()
