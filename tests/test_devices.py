@@ -29,7 +29,7 @@ def test_other_devices_keep_float32():
     assert fast_bf16(torch.device("meta")) is False
 
 
-def test_the_classifier_and_training_use_the_same_rule():
+def test_the_classifier_autocasts_as_the_rule_says():
     clf = load_model(device="cpu")
     assert clf.bf16 is fast_bf16(torch.device("cpu"))
     x = torch.zeros(2, 32, 32, 3, dtype=torch.uint8).numpy()

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from birdcnn.cli import main
 from birdcnn.data import CIFAR10_CLASSES, load_split
+from birdcnn.devices import fast_bf16
 from birdcnn.images import load_for_model
 from birdcnn.modelfile import _sha256, load_model
 
@@ -123,7 +124,11 @@ def test_kill_9_then_resume(run, cifar_small, tmp_path, capsys):
     step = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["step"]
     assert STEPS_PER_EPOCH <= step < EPOCHS * STEPS_PER_EPOCH
     assert main(["train", "--out", str(out), "--resume"]) == 0
-    assert f"resuming {out} at step {step}/{EPOCHS * STEPS_PER_EPOCH}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"resuming {out} at step {step}/{EPOCHS * STEPS_PER_EPOCH}" in err
+    # the precision it trains in, by the same rule as inference (tests/test_devices.py)
+    assert ("device: cpu, bf16 autocast" if fast_bf16(torch.device("cpu")) else
+            "device: cpu, float32 (this processor has no native bf16)") in err
     clf = load_model(out)  # a loadable, working model
     assert clf.probabilities(load_split(cifar_small, "test").images[:5]).shape == (5, 10)
     assert len(json.loads((out / "history.json").read_text())) == EPOCHS
