@@ -1,11 +1,12 @@
-"""Why one p(bird) cannot be calibrated on every source: the sources' bird shares differ.
+"""Why one p(bird) cannot be calibrated on every source: the class priors differ between collections.
 
-The shipped model learnt from a mix where 7% of the images are birds; the test sets hold 2%
-(Tiny ImageNet) to 55% (realphotos). A probability that is calibrated on one base rate is off on
-another. This measures it, and the one post-hoc remedy that needs no retraining: dividing each
-class's probability by its training share to a power tau (logit adjustment, Menon et al. 2021,
-"Long-tail learning via logit adjustment"), p'(c) ~ p(c) / prior(c)^tau, at the model's
-temperature. For each tau: bird AP and ECE of p(bird) on each source's validation split (rebuilt as
+In the shipped model's training mix bird is one of the largest classes (7% of the images, against
+0.05-0.2% for a Caltech-101 category or a Tiny ImageNet kind), so ambiguous photos lean to it; the
+test sets hold 2% (Tiny ImageNet) to 55% (realphotos) birds. A probability calibrated on one
+collection's mix is off on another. This measures it, and the one post-hoc remedy that needs no
+retraining: dividing each class's probability by its training share to a power tau (logit
+adjustment, Menon et al. 2021, "Long-tail learning via logit adjustment"), p'(c) ~ p(c) / prior(c)^tau,
+at the model's temperature. For each tau: bird AP and ECE of p(bird) on each source's validation split (rebuilt as
 training held it out) and test split, and on the 40 shared photos. Every image gets predict's
 views (the model's 6 views, and for photos the zoom view's flip pair).
 
@@ -24,16 +25,16 @@ import torch
 from birdcnn import data as D
 from birdcnn.images import load_views
 from birdcnn.metrics import average_precision, expected_calibration_error
-from birdcnn.modelfile import Classifier, load_model
+from birdcnn.modelfile import Classifier, load_model, stack_zoomed
 from birdcnn.sources import canonical_class, is_photo_source
 
 from common import SHARED, print_machine_facts, print_summary, validation_split
 
 
-def predict_logits(clf: Classifier, images: np.ndarray, zoomed: np.ndarray | None) -> np.ndarray:
-    """predict's logits: the model's views, averaged with the zoom views' flip pair where given."""
-    z = None if zoomed is None else (np.arange(len(zoomed)), zoomed)
-    return clf.logits(images, zoomed=z).numpy()
+def predict_logits(clf: Classifier, images: np.ndarray, zoomed: list | np.ndarray | None) -> np.ndarray:
+    """predict's logits: the model's views, averaged with the zoom views' flip pair where given
+    (`zoomed`: one zoom view or None per image)."""
+    return clf.logits(images, zoomed=None if zoomed is None else stack_zoomed(list(zoomed))).numpy()
 
 
 def all_logits(clf: Classifier) -> dict[str, np.ndarray]:
@@ -53,9 +54,7 @@ def all_logits(clf: Classifier) -> dict[str, np.ndarray]:
         print(f"{name}: {len(val)} validation, {len(test)} test images", flush=True)
     paths = sorted((SHARED / "photos").glob("*/*"))
     views = [load_views(p, clf.input_size, clf.zoom_size) for p in paths]
-    zoomed = [i for i, (_, z) in enumerate(views) if z is not None]  # photos above 1.25x the view
-    out["test photos"] = clf.logits(np.stack([v for v, _ in views]),
-                                    zoomed=(np.array(zoomed), np.stack([views[i][1] for i in zoomed]))).numpy()
+    out["test photos"] = predict_logits(clf, np.stack([v for v, _ in views]), [z for _, z in views])
     out["test photos classes"] = np.array([p.parent.name for p in paths])
     return out
 
