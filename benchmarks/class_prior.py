@@ -10,6 +10,10 @@ at the model's temperature. For each tau: bird AP and ECE of p(bird) on each sou
 training held it out) and test split, and on the 40 shared photos. Every image gets predict's
 views (the model's 6 views, and for photos the zoom view's flip pair).
 
+Last, the remedy that reads the collection's mix from the collection itself: the class priors
+re-estimated by EM on each unlabelled split (Saerens et al. 2002, "Adjusting the outputs of a
+classifier to new a priori probabilities"), p'(c) ~ p(c) x prior'(c) / prior(c).
+
     python benchmarks/class_prior.py [--model PATH] [--cache logits.npz] [--taus 0 0.5 1]
 
 Computing the logits takes ~20 minutes on 2 cores; --cache keeps them for a rerun.
@@ -59,6 +63,17 @@ def all_logits(clf: Classifier) -> dict[str, np.ndarray]:
     return out
 
 
+def em_priors(p: np.ndarray, prior: np.ndarray, steps: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Saerens et al.'s EM: the class priors of an unlabelled collection whose probabilities `p`
+    (N, C) a model with training priors `prior` gave; returns (adjusted probabilities, priors)."""
+    new = prior
+    for _ in range(steps):
+        q = p * (new / prior)
+        q /= q.sum(1, keepdims=True)
+        new = q.mean(0)
+    return q, new
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="a model trained by `birdcnn train` (default: the shipped model)")
@@ -91,13 +106,25 @@ def main() -> None:
             z = torch.from_numpy(logits[s]).double() / clf.temperature - tau * log_prior
             p = torch.softmax(z, 1)[:, clf.positive_index].numpy()
             rows.setdefault(s, {})[tau] = (average_precision(y, p), expected_calibration_error(p, y))
-    print("\n| bird AP / ECE of p(bird) | bird share | " + " | ".join(f"tau {t:g}" for t in args.taus) + " |")
-    print("|---|---|" + "---|" * len(args.taus))
+    em = {}
+    for s in rows:
+        y = logits[f"{s} classes"] == clf.positive
+        p = torch.softmax(torch.from_numpy(logits[s]).double() / clf.temperature, 1).numpy()
+        q, priors = em_priors(p, np.exp(log_prior.numpy()))
+        pb = q[:, clf.positive_index]
+        em[s] = (float(priors[clf.positive_index]), average_precision(y, pb), expected_calibration_error(pb, y))
+    print("\n| bird AP / ECE of p(bird) | bird share | " + " | ".join(f"tau {t:g}" for t in args.taus)
+          + " | EM: bird share found | EM: AP / ECE |")
+    print("|---|---|" + "---|" * (len(args.taus) + 2))
     for s, r in rows.items():
-        print(f"| {s} | {base_rates[s]:.3f} | " + " | ".join(f"{a:.3f} / {e:.3f}" for a, e in r.values()) + " |")
+        print(f"| {s} | {base_rates[s]:.3f} | " + " | ".join(f"{a:.3f} / {e:.3f}" for a, e in r.values())
+              + f" | {em[s][0]:.3f} | {em[s][1]:.3f} / {em[s][2]:.3f} |")
     print_summary({"benchmark": "class_prior", "model": args.model or "shipped", "base_rates": base_rates,
                    "rows": {s: {str(t): {"ap": round(a, 4), "ece": round(e, 4)} for t, (a, e) in r.items()}
-                            for s, r in rows.items()}, **facts})
+                            for s, r in rows.items()},
+                   "em": {s: {"bird_share": round(b, 4), "ap": round(a, 4), "ece": round(e, 4)}
+                          for s, (b, a, e) in em.items()},
+                   **facts})
 
 
 if __name__ == "__main__":
