@@ -451,6 +451,7 @@ BAD_METADATA = {
     "arch_kwargs: fractional widths": ({"arch_kwargs": {"widths": [1.5, 2, 2]}},
                                        "'arch_kwargs' {'widths': [1.5, 2, 2]} do not describe a 'fast' network"),
     "arch_kwargs: two widths": ({"arch_kwargs": {"widths": [8, 16]}}, "do not describe a 'fast' network"),
+    "arch_kwargs: a stem stride of 3": ({"arch_kwargs": {"stem_stride": 3}}, "do not describe a 'fast' network"),
     "arch_kwargs: unknown setting": ({"arch_kwargs": {"depth": 50}}, "do not describe a 'fast' network"),
     "input_size too small for the network": ({"input_size": 4}, "'input_size' 4 does not fit the network"),
     "window_scoring: even neighbourhood": ({"window_scoring": {"neighbourhood": 2, "whole_frame": 1.0}},

@@ -22,6 +22,7 @@ from birdcnn.data import CIFAR10_CLASSES, load_split
 from birdcnn.devices import fast_bf16
 from birdcnn.images import load_for_model
 from birdcnn.modelfile import _sha256, load_model
+from birdcnn.models import build
 
 # 500 training images (100 of the 600 held out for validation), batches of 50: 10 steps an epoch.
 # On the CPU, so that runs are bit-for-bit reproducible (GPU convolutions need not be).
@@ -331,6 +332,10 @@ def test_progressive_resizing_trains_small_first_then_at_the_models_view(cifar_s
     (["--arch", "article", "--start-size", "24", "--start-epochs", "1"], "not --arch article"),
     (["--input-size", "4"], "--input-size must be 8 to 256 px"),
     (["--arch", "tiny", "--widths", "8", "16", "16"], "--widths takes three positive channel counts, for --arch fast"),
+    (["--arch", "tiny", "--stem-stride", "2"], "--stem-stride is 1 or 2, for --arch fast"),
+    (["--input-size", "8"], "the fast network at --stem-stride 1 needs images of at least 9 px"),
+    (["--input-size", "32", "--stem-stride", "2", "--start-size", "12", "--start-epochs", "1"],
+     "the fast network at --stem-stride 2 needs images of at least 16 px"),
 ])
 def test_impossible_sizes_are_one_line_errors(args, words, cifar_small, tmp_path, capsys):
     out = tmp_path / "run"
@@ -350,6 +355,24 @@ def test_widths_shape_the_network_and_travel_in_the_model_file(cifar_small, tmp_
     clf = load_model(out)
     convs = [m for m in clf.net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs][1:] == [8, 8, 16, 16, 24, 24]
+    probs = clf.probabilities(load_split(cifar_small, "test").images[:4])
+    assert probs.shape == (4, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
+
+
+def test_stem_stride_2_sees_a_larger_view_at_the_same_feature_size(cifar_small, tmp_path):
+    """--input-size 32 --stem-stride 2: the first layer moves by 2 pixels, so the groups see 16x16
+    maps, as a 16-px view at stride 1 gives them; the model file records the stride and rebuilds it."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(cifar_small), "--widths", "8", "16", "16", "--input-size", "32",
+                 "--stem-stride", "2", "--epochs", "1", "--batch-size", "100", "--val-size", "100",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads((out / "model.json").read_text())["arch_kwargs"] == {"widths": [8, 16, 16], "stem_stride": 2}
+    clf = load_model(out)
+    assert clf.input_size == 32 and clf.net[0].stride == (2, 2)
+    def stem(net: torch.nn.Module, size: int) -> tuple[int, int]:
+        return tuple(torch.nn.Sequential(*list(net)[:2])(torch.zeros(1, 3, size, size)).shape[-2:])
+
+    assert stem(clf.net.cpu(), 32) == stem(build("fast", 10, widths=(8, 16, 16)), 17) == (16, 16)
     probs = clf.probabilities(load_split(cifar_small, "test").images[:4])
     assert probs.shape == (4, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
 

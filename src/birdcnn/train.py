@@ -86,6 +86,7 @@ class TrainConfig:
     data: str | list[str]               # one --data source or several, trained as one
     arch: str = "fast"
     widths: list[int] | None = None     # the fast network's three channel widths (default 64, 256, 256)
+    stem_stride: int = 1                # the fast network's whitening stride (2: a 2N-px view at ~N-px cost)
     classes: str | None = None          # "all" (every class) or "binary" (positive vs rest)
     positive: str = "bird"
     extra_positive: str | None = None
@@ -147,6 +148,12 @@ class TrainConfig:
         cfg.check_zoom()
         if cfg.widths is not None and (cfg.arch != "fast" or len(cfg.widths) != 3 or min(cfg.widths) < 1):
             raise BirdcnnError("--widths takes three positive channel counts, for --arch fast")
+        if cfg.stem_stride not in (1, 2) or (cfg.stem_stride != 1 and cfg.arch != "fast"):
+            raise BirdcnnError("--stem-stride is 1 or 2, for --arch fast")
+        smallest = 9 if cfg.stem_stride == 1 else 16  # the fast network's three 2x poolings need a 1x1 map left
+        if cfg.arch in ("fast", "tiny") and min(_as_list(cfg.start_size or cfg.input_size)) < smallest:
+            raise BirdcnnError(f"the {cfg.arch} network at --stem-stride {cfg.stem_stride} needs images of at least "
+                               f"{smallest} px (--input-size, --start-size)")
         if cfg.start_size is not None:
             if cfg.arch == "article":  # its dense layer is sized for one input
                 raise BirdcnnError("--start-size needs a network that takes any input size (not --arch article)")
@@ -180,6 +187,7 @@ class TrainConfig:
         """Architecture settings the model file records: the fast network's widths, the article's
         input size (its dense layer depends on it)."""
         kw: dict = {"widths": list(self.widths)} if self.widths else {}
+        kw |= {"stem_stride": self.stem_stride} if self.stem_stride != 1 else {}
         return kw | ({"input_size": self.input_size} if self.arch == "article" and self.input_size != 32 else {})
 
 

@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--widths", type=positive_int, nargs=3, metavar="C",
                    help="the fast network's channel widths (default 64 256 256; a step's time grows about as "
                         "the square of the width)")
+    p.add_argument("--stem-stride", type=int, choices=(1, 2), metavar="S",
+                   help="the fast network's first layer moves by S pixels (default 1); 2 sees a 2N-px view at "
+                        "about the cost of an N-px one (e.g. --input-size 64 --stem-stride 2)")
     p.add_argument("--start-size", type=positive_int, nargs="+", metavar="PX",
                    help="progressive resizing: train the first --start-epochs at this smaller size (faster); "
                         "several sizes, smallest first, are stages in turn "
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}"
                    for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "optimizer", "extra_positive",
-                             "preset", "start_size", "start_epochs", "widths", "zoom_size")
+                             "preset", "start_size", "start_epochs", "widths", "stem_stride", "zoom_size")
                    if getattr(args, k) is not None]
         if ignored:
             print(f"note: --resume continues the run as first configured; ignoring {', '.join(ignored)}",
@@ -107,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         check_device(args.device)
     data = args.data or [""]
     cfg = TrainConfig(data=data[0] if len(data) == 1 else data, source_weights=args.source_weights,
-                      arch=args.arch or TrainConfig.arch, widths=args.widths, classes=args.classes,
+                      arch=args.arch or TrainConfig.arch, widths=args.widths,
+                      stem_stride=args.stem_stride or TrainConfig.stem_stride, classes=args.classes,
                       positive=args.positive,
                       extra_positive=args.extra_positive, balance=args.balance, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
