@@ -308,7 +308,7 @@ def panel_input(fig, spec, e: Explanation, number: str) -> None:
 
 
 def panel_tiles(fig, spec, e: Explanation, number: str, all_tiles: bool = False) -> None:
-    """The input cut into the overlapping tiles the first conv slides over: a zoomed patch of
+    """The input cut into the (overlapping) tiles the first conv slides over: a zoomed patch of
     them pulled apart (and, with `all_tiles`, every tile of the image)."""
     from matplotlib.patches import Rectangle
 
@@ -320,7 +320,8 @@ def panel_tiles(fig, spec, e: Explanation, number: str, all_tiles: bool = False)
     span = (z - 1) * stride + k
     cells = spec.subgridspec(3 if all_tiles else 2, 1, hspace=0.35)
     ax = fig.add_subplot(cells[0])
-    _image(ax, shown, f"{number} · overlapping {k}x{k} tiles")
+    overlap = stride < k  # a stride-2 stem (`--stem-stride 2`) cuts 2x2 tiles side by side
+    _image(ax, shown, f"{number} · {'overlapping' if overlap else 'side-by-side'} {k}x{k} tiles")
     ax.add_patch(Rectangle((r0 * stride - 0.5, r0 * stride - 0.5), span, span, fill=False, ec="white", lw=1.2, ls="--"))
     ax.set_xlabel(f"stride {stride}, padding {pad}: {n}x{n} tiles", fontsize=8)
     ax = fig.add_subplot(cells[1])
@@ -328,7 +329,7 @@ def panel_tiles(fig, spec, e: Explanation, number: str, all_tiles: bool = False)
     # Three neighbours in a row: each repeats k - stride columns of the one before (the overlap).
     for j, colour in enumerate(("red", "yellow", "cyan")[:z]):
         ax.add_patch(Rectangle((j * (k + 1) - 0.5, (z // 2) * (k + 1) - 0.5), k, k, fill=False, ec=colour, lw=1.5))
-    ax.set_xlabel("neighbouring tiles share pixels", fontsize=8)
+    ax.set_xlabel("neighbouring tiles share pixels" if overlap else "each pixel in one tile", fontsize=8)
     if all_tiles:
         _image(fig.add_subplot(cells[2]), mosaic([t for row in tiles for t in row], n, gap=1), f"all {n * n} tiles")
 
