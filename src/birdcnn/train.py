@@ -150,7 +150,7 @@ class TrainConfig:
             raise BirdcnnError("--widths takes three positive channel counts, for --arch fast")
         if cfg.stem_stride not in (1, 2) or (cfg.stem_stride != 1 and cfg.arch != "fast"):
             raise BirdcnnError("--stem-stride is 1 or 2, for --arch fast")
-        smallest = 9 if cfg.stem_stride == 1 else 16  # the fast network's three 2x poolings need a 1x1 map left
+        smallest = 9 if cfg.stem_stride == 1 else 16  # the third 2x pooling of the fast network needs a 2x2 map
         if cfg.arch in ("fast", "tiny") and min(_as_list(cfg.start_size or cfg.input_size)) < smallest:
             raise BirdcnnError(f"the {cfg.arch} network at --stem-stride {cfg.stem_stride} needs images of at least "
                                f"{smallest} px (--input-size, --start-size)")
@@ -184,8 +184,8 @@ class TrainConfig:
         return self.input_size
 
     def arch_kwargs(self) -> dict:
-        """Architecture settings the model file records: the fast network's widths, the article's
-        input size (its dense layer depends on it)."""
+        """Architecture settings the model file records: the fast network's widths and stem stride,
+        the article's input size (its dense layer depends on it)."""
         kw: dict = {"widths": list(self.widths)} if self.widths else {}
         kw |= {"stem_stride": self.stem_stride} if self.stem_stride != 1 else {}
         return kw | ({"input_size": self.input_size} if self.arch == "article" and self.input_size != 32 else {})
