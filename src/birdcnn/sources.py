@@ -184,20 +184,13 @@ def load_sources(specs: list[str], size: int, seed: int, weights: list[float] | 
     resolved = [D.resolve_source(s) for s in specs]
     photo = [is_photo_source(r, size) for r in resolved]
     scale = STORE_SCALE if any(photo) else 1  # thumbnails only: stored as they are, no crops
-    view_sets, store_sets, tests = [], [], []
-    for spec, r, is_photo in zip(specs, resolved, photo):
+    view_sets, tests = [], []
+    for spec, r in zip(specs, resolved):
         view = D.load_split(r, "train", size)
         if view.skipped:
             print(f"warning: {spec}: skipped {len(view.skipped)} unreadable files (first: {view.skipped[0]})",
                   file=sys.stderr)
-        if is_photo:
-            stored = D.load_split(r, "train", size * scale)
-            if stored.paths != view.paths:
-                raise DataError(f"{spec}: files changed while loading; run again")
-        else:
-            stored = D.Dataset(upsample_exact(view.images, scale), view.labels, view.classes, view.fingerprint)
         view_sets.append(view)
-        store_sets.append(stored)
         test = None
         if r.has_test_split:
             try:
@@ -214,21 +207,41 @@ def load_sources(specs: list[str], size: int, seed: int, weights: list[float] | 
     if len(classes) < 2:
         raise DataError(f"{', '.join(map(str, specs))}: only one class ({classes[0]!r}): "
                         f"a classifier needs at least two (e.g. bird/ and not_bird/ folders)")
-    tr_img, tr_lab, tr_src, va_img, va_lab, va_src, va_paths, infos = [], [], [], [], [], [], [], []
-    for k, (spec, view, stored) in enumerate(zip(specs, view_sets, store_sets)):
-        labels = _remap(view, classes)
+    splits = []
+    for k, (spec, view) in enumerate(zip(specs, view_sets)):
         n_val = validation_count(len(view), val_size)
         if not 0 < n_val < len(view):
             raise DataError(f"{spec}: {len(view)} images are too few to hold out {n_val} for validation")
-        tr, va = D.split_validation(len(view), n_val, seed + k)
-        tr_img.append(stored.images[tr]), tr_lab.append(labels[tr]), tr_src.append(np.full(len(tr), k))
+        splits.append(D.split_validation(len(view), n_val, seed + k))
+    # The training images at the store size go straight into one array, a source (or a chunk of
+    # thumbnails) at a time: holding every source's full-size copy, their training rows and the
+    # concatenation at once took three times the memory (more than 24 GB at an 80-px view).
+    store = size * scale
+    train_images = np.empty((sum(len(tr) for tr, _ in splits), store, store, 3), np.uint8)
+    tr_lab, tr_src, va_img, va_lab, va_src, va_paths, infos = [], [], [], [], [], [], []
+    at = 0
+    for k, (spec, r, view, (tr, va)) in enumerate(zip(specs, resolved, view_sets, splits)):
+        rows = train_images[at:at + len(tr)]
+        if photo[k]:
+            stored = D.load_split(r, "train", store)
+            if stored.paths != view.paths:
+                raise DataError(f"{spec}: files changed while loading; run again")
+            np.take(stored.images, tr, axis=0, out=rows)
+            del stored
+        else:
+            for i in range(0, len(tr), 4096):
+                rows[i:i + 4096] = upsample_exact(view.images[tr[i:i + 4096]], scale)
+        at += len(tr)
+        labels = _remap(view, classes)
+        tr_lab.append(labels[tr]), tr_src.append(np.full(len(tr), k))
         va_img.append(view.images[va]), va_lab.append(labels[va]), va_src.append(np.full(len(va), k))
         va_paths += [view.paths[i] for i in va] if view.paths else [f"{spec}#{i}" for i in va]
         counts = np.bincount(labels[tr], minlength=len(classes))
         infos.append(SourceInfo(str(spec), view.fingerprint, photo[k], float(weights[k]),
                                 {c: int(counts[i]) for i, c in enumerate(classes) if counts[i]}, len(va)))
+        view_sets[k] = None  # its validation rows are copied out; the rest is not needed again
     fingerprint = "+".join(i.fingerprint for i in infos)
-    train = D.Dataset(np.concatenate(tr_img), np.concatenate(tr_lab), classes, fingerprint)
+    train = D.Dataset(train_images, np.concatenate(tr_lab), classes, fingerprint)
     val = D.Dataset(np.concatenate(va_img), np.concatenate(va_lab), classes, fingerprint, va_paths)
     tests = [(spec, _to_classes(t, classes) if t is not None else None) for spec, t in tests]
     return Mixed(train, val, np.concatenate(tr_src), np.concatenate(va_src), photo, infos, tests, scale)
