@@ -68,6 +68,10 @@ def test_load_sources_merges_classes_and_keeps_each_split(cifar_small, photo_sou
     stored = torch.from_numpy(mixed.train.images[mixed.train_source == 0][:50]).permute(0, 3, 1, 2).float()
     tr, _ = split_validation(600, 60, 0)
     assert torch.equal(F.avg_pool2d(stored, 2), torch.from_numpy(view[tr[:50]]).permute(0, 3, 1, 2).float())
+    # Photos are stored decoded at twice the view; their training rows follow the source's own split.
+    photo_tr, _ = split_validation(16, 1, 0 + 1)
+    assert np.array_equal(mixed.train.images[mixed.train_source == 1],
+                          load_split(photo_source, "train", 64).images[photo_tr])
     # Every source's test split, relabelled into the merged classes, knowing its own classes.
     (name, test), (_, photo_test) = mixed.tests
     assert test.source_classes == classes[:10] and len(test) == 200
