@@ -54,8 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the fast network's channel widths (default 64 256 256; a step's time grows about as "
                         "the square of the width)")
     p.add_argument("--stem-stride", type=int, choices=(1, 2), metavar="S",
-                   help="the fast network's first layer moves by S pixels (default 1); 2 sees a 2N-px view at "
-                        "about the cost of an N-px one (e.g. --input-size 64 --stem-stride 2)")
+                   help="the fast network's first layer moves by S pixels (default 1); 2 sees a 2N-px view for "
+                        "little more than an N-px one costs (e.g. --input-size 64 --stem-stride 2)")
     p.add_argument("--start-size", type=positive_int, nargs="+", metavar="PX",
                    help="progressive resizing: train the first --start-epochs at this smaller size (faster); "
                         "several sizes, smallest first, are stages in turn "
