@@ -101,7 +101,7 @@ class FastNet(nn.Sequential):
 
     `stem_stride` 2 moves the whitening filters by 2 pixels: the groups then see a 2N-px input at the
     map size an N-px one gives at stride 1 (measured at 64 px against 32: the training step 6% slower,
-    a training epoch of photos about 30% slower, as their crops are cut from larger copies), and
+    a training epoch of photos about 30% slower, partly as their crops come from larger copies), and
     the finer detail reaches them through the whitened 2x2 patches (the filters are +-eigenvectors of
     the patch covariance, so no information is lost)."""
 
