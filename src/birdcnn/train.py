@@ -86,7 +86,7 @@ class TrainConfig:
     data: str | list[str]               # one --data source or several, trained as one
     arch: str = "fast"
     widths: list[int] | None = None     # the fast network's three channel widths (default 64, 256, 256)
-    stem_stride: int = 1                # the fast network's whitening stride (2: a 2N-px view at ~N-px cost)
+    stem_stride: int = 1                # the fast network's whitening stride (2: a 2N-px view, little over N-px cost)
     classes: str | None = None          # "all" (every class) or "binary" (positive vs rest)
     positive: str = "bird"
     extra_positive: str | None = None
