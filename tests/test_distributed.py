@@ -135,3 +135,14 @@ def test_muon_trains_data_parallel(cifar_small, tmp_path):
     meta = json.loads((out / "model.json").read_text())
     assert meta["training"]["processes"] == 2 and meta["training"]["config"]["optimizer"] == "muon"
     assert meta["training"]["config"]["lr"] == MUON["lr"]
+
+
+def test_hard_mining_merges_every_ranks_records(cifar_small, tmp_path):
+    """Each rank sees its half of every batch; the next epoch's draw must rest on both halves
+    (identical on every rank), so the records are summed over the ranks at the epoch's end."""
+    out = tmp_path / "run"
+    r = torchrun(2, "--data", str(cifar_small), *ARGS, "--epochs", "1", "--hard-mining", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    hard = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["mining"]["hardness"]
+    # 8 batches of 60 of the 500 images; after one epoch almost every drawn image is somewhat wrong
+    assert (hard > 0).float().mean() > 0.85, "only one rank's records were kept"

@@ -31,6 +31,7 @@ from .calibrate import calibrate_and_measure
 from .devices import fast_bf16
 from .errors import BirdcnnError, DataError, TrainingInterrupted
 from .interrupts import StopOnCtrlC
+from .mining import HardMining
 from .modelfile import Classifier, pick_device, save_model
 from .models import HEAD_SCALE, build
 from .muon import MuonSGD
@@ -92,6 +93,7 @@ class TrainConfig:
     extra_positive: str | None = None
     balance: bool = False               # sample classes equally often (sampling weights)
     source_weights: list[float] | None = None  # per --data source: drawn w x as often as its size implies
+    hard_mining: float = 0.0            # draw an image 1 + this x as often when p(positive) was wrong: `mining`
     epochs: float | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -143,6 +145,8 @@ class TrainConfig:
             raise BirdcnnError(f"--classes must be 'all' or 'binary', not {cfg.classes!r}")
         if cfg.epochs <= 0 or cfg.batch_size <= 0:
             raise BirdcnnError("--epochs and --batch-size must be positive")
+        if cfg.hard_mining < 0:
+            raise BirdcnnError(f"--hard-mining must be 0 or more, not {cfg.hard_mining}")
         if not 8 <= cfg.input_size <= 256:
             raise BirdcnnError(f"--input-size must be 8 to 256 px, not {cfg.input_size}")
         cfg.check_zoom()
@@ -398,10 +402,11 @@ def data_norm(images: np.ndarray) -> dict:
 # ---------------------------------------------------------------- the run
 
 def _save_checkpoint(path: Path, net, opt, step: int, history: list, cfg: TrainConfig, norm: dict,
-                     lookahead: Lookahead | None, command: str) -> None:
+                     lookahead: Lookahead | None, mining: HardMining | None, command: str) -> None:
     state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "command": command,
              "history": json.dumps(history), "config": json.dumps(asdict(cfg)), "norm": json.dumps(norm),
-             "lookahead": lookahead.avg if lookahead is not None else {}}
+             "lookahead": lookahead.avg if lookahead is not None else {},
+             "mining": mining.state() if mining is not None else {}}
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -527,18 +532,29 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
         # A source of weight w is drawn w times as often as its size implies.
         w = np.asarray(cfg.source_weights, np.float64)[mixed.train_source]
         weights = w if weights is None else weights * w
+    mining = None
+    if cfg.hard_mining:
+        mining = HardMining(len(train_ds), classes.index(cfg.positive), len(classes), cfg.label_smoothing,
+                            cfg.hard_mining)
+        if ckpt is not None and ckpt.get("mining"):
+            try:
+                mining.load_state(ckpt["mining"])
+            except (KeyError, ValueError) as e:
+                raise BirdcnnError(f"{run_dir / 'checkpoint.pt'}: its hard-mining state does not fit ({e})") from None
     val_x, val_y = torch.from_numpy(val_ds.images).to(device), torch.from_numpy(val_ds.labels).to(device)
 
     def epoch_order(epoch: int) -> torch.Tensor:
         """The epoch's order of training images: the same on every rank (seeded), each takes its slice."""
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        if weights is not None:
-            return torch.multinomial(torch.from_numpy(weights), len(train_ds), replacement=True, generator=g)
+        w = mining.weights(weights) if mining is not None else weights
+        if w is not None:
+            return torch.multinomial(torch.from_numpy(w), len(train_ds), replacement=True, generator=g)
         return torch.randperm(len(train_ds), generator=g)
 
     def checkpoint() -> None:
         if ranks.main:
-            _save_checkpoint(run_dir / "checkpoint.pt", net, opt, step, history, cfg, norm, lookahead, command)
+            _save_checkpoint(run_dir / "checkpoint.pt", net, opt, step, history, cfg, norm, lookahead, mining,
+                             command)
 
     train_seconds = sum(h["seconds"] for h in history) if history else 0.0
     net.train()
@@ -560,6 +576,8 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
             x, y = inputs.batch(picked, epoch, cfg.size_at(epoch))
             set_learning_rates(opt, step, total_steps, epoch, cfg.recipe["optimizer"])
             loss, out = training_step(model, opt, x, y, cfg, autocast, ranks.world)
+            if mining is not None:
+                mining.record(picked, out, y)
             step += 1
             if la_cfg and epoch >= la_cfg["start_epoch"] and step % la_cfg["every"] == 0:
                 if lookahead is None:
@@ -576,6 +594,8 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
             if step % steps_per_epoch == 0 or step == total_steps:
                 if lookahead is not None:
                     lookahead.update(net, 1.0)  # every epoch ends on the averaged weights
+                if mining is not None:
+                    mining.end_epoch(ranks, device)
                 loss_sum, correct, seen = distributed.total([epoch_loss, epoch_correct, epoch_seen], ranks, device)
                 dt = time.perf_counter() - t0
                 train_seconds += dt

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra positive images merged into training: a folder of images, or a class-folder source "
                         "(folder or archive) whose training split has a folder named like the positive class")
     p.add_argument("--balance", action="store_true", help="draw every class equally often (sampling weights)")
+    p.add_argument("--hard-mining", type=non_negative_float, metavar="F",
+                   help="hard-example mining: from the second epoch, draw an image 1 + F times as often when the "
+                        "network's p(positive) for it was fully wrong when last trained on (default 0: off)")
     p.add_argument("--epochs", type=positive_float, help="epochs (default: per arch; fractions allowed)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float, help="learning rate (default: per arch)")
@@ -101,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}"
                    for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "optimizer", "extra_positive",
-                             "preset", "start_size", "start_epochs", "widths", "stem_stride", "zoom_size")
+                             "preset", "start_size", "start_epochs", "widths", "stem_stride", "zoom_size",
+                             "hard_mining")
                    if getattr(args, k) is not None]
         if ignored:
             print(f"note: --resume continues the run as first configured; ignoring {', '.join(ignored)}",
@@ -113,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
                       arch=args.arch or TrainConfig.arch, widths=args.widths,
                       stem_stride=args.stem_stride or TrainConfig.stem_stride, classes=args.classes,
                       positive=args.positive,
-                      extra_positive=args.extra_positive, balance=args.balance, epochs=args.epochs,
+                      extra_positive=args.extra_positive, balance=args.balance, hard_mining=args.hard_mining or 0.0,
+                      epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
                       augment=augment_overrides(args), val_size=args.val_size, seed=args.seed, out=args.out,
                       device=None if args.device == "auto" else args.device, bf16=args.bf16,
