@@ -8,6 +8,8 @@
        shift), channels_last, using birdcnn.train's own training_step, in the precision birdcnn
        trains with here: bf16 autocast where the CPU computes bf16 natively (`devices.fast_bf16`),
        else float32; on such a CPU also (b) with bf16 forced (emulated), to show what it would cost.
+       Freed memory is reused as in birdcnn's training loop (`birdcnn.heap`); (b) is also timed
+       with glibc's default malloc, which unmaps large freed blocks and faults them in again.
    (c) fp32 in memory: (b)'s data path with plain float32 and the default memory format, which
        separates what bf16 gains from what the data path gains.
 2. The limit: the peak matrix-multiply throughput of this machine (torch.matmul on large square
@@ -22,6 +24,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import tarfile
@@ -40,6 +43,7 @@ from torchvision import datasets, transforms
 from birdcnn.augment import Augment
 from birdcnn.data import load_split
 from birdcnn.devices import fast_bf16
+from birdcnn.heap import reuse_freed_memory
 from birdcnn.models import build
 from birdcnn.train import TrainConfig, make_optimizer, training_step
 
@@ -175,7 +179,7 @@ class InMemory:
     Each part of a step runs in a record_function range, so the profiler can tell them apart."""
 
     def __init__(self, ds, cfg: TrainConfig, bf16: bool, num_classes: int = 10, compile: bool = False,
-                 channels_last: bool = True):
+                 channels_last: bool = True, reuse_heap: bool = True):
         self.images, self.labels = torch.from_numpy(ds.images), torch.from_numpy(ds.labels)
         self.mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(STD).view(1, 3, 1, 1) * 255
@@ -187,6 +191,11 @@ class InMemory:
         self.opt = make_optimizer(self.net, cfg)
         self.model = torch.compile(self.net) if compile else self.net
         self.g = torch.Generator().manual_seed(0)
+        self.reuse_heap = reuse_heap
+
+    def heap(self):
+        """As birdcnn's training loop, freed memory is reused (`birdcnn.heap`); reuse_heap=False: glibc's defaults."""
+        return reuse_freed_memory() if self.reuse_heap else contextlib.nullcontext()
 
     def autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
@@ -211,12 +220,13 @@ class InMemory:
 
     def time(self, steps: int, warmup: int) -> tuple[float, float]:
         """Seconds per whole step and per training_step."""
-        for _ in range(warmup):
-            self.step()
-        t0, inner = time.perf_counter(), 0.0
-        for _ in range(steps):
-            inner += self.step()
-        return (time.perf_counter() - t0) / steps, inner / steps
+        with self.heap():
+            for _ in range(warmup):
+                self.step()
+            t0, inner = time.perf_counter(), 0.0
+            for _ in range(steps):
+                inner += self.step()
+            return (time.perf_counter() - t0) / steps, inner / steps
 
     def count_flops(self) -> tuple[int, dict[str, int]]:
         """Model FLOPs of one training step on one real batch (forward + backward; the optimizer's
@@ -274,16 +284,17 @@ def classify(ev) -> str:
 def breakdown(pipe: InMemory, steps: int, warmup: int) -> tuple[dict[str, float], float, dict[str, float]]:
     """Profile `steps` whole steps: milliseconds per step by category, the profiled wall time per
     step, and the biggest op names that fell into 'other'."""
-    for _ in range(warmup):
-        pipe.step()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:  # kineto prints start/stop lines (and a CUDA probe error) on stderr: not ours to show
         os.dup2(devnull, 2)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            t0 = time.perf_counter()
-            for _ in range(steps):
+        with pipe.heap():
+            for _ in range(warmup):
                 pipe.step()
-            wall = (time.perf_counter() - t0) / steps * 1e3
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    pipe.step()
+                wall = (time.perf_counter() - t0) / steps * 1e3
         events = prof.events()
     finally:
         os.dup2(saved, 2)
@@ -359,6 +370,10 @@ def main() -> None:
     print(f"(b) birdcnn (uint8 in memory, batched augmentation, {b_prec}, channels_last):  {bs / b_step:8.0f} images/s",
           flush=True)
     phases.done("(b) birdcnn")
+    d_step, _ = InMemory(ds, cfg, bf16=native, reuse_heap=False).time(args.steps, args.warmup)
+    print(f"(b) with glibc's default malloc (freed blocks unmapped, faulted in again): {bs / d_step:5.0f} images/s",
+          flush=True)
+    phases.done("(b) with glibc's default malloc")
     e_step = None
     if not native:
         e_step, _ = InMemory(ds, cfg, bf16=True).time(args.steps, args.warmup)
@@ -425,6 +440,7 @@ def main() -> None:
                 f"{peak[prec] * 1e3:.0f}", f"{100 * achieved / peak[prec]:.0f}%"]
     rows = [row("(b) birdcnn, whole step", b_step, b_prec),
             row("(b) birdcnn, training_step only", b_inner, b_prec),
+            row("(b) with glibc's default malloc, whole step", d_step, b_prec),
             row("(c) fp32 in memory, whole step", f_step, "fp32"),
             row("(c) fp32 in memory, training_step only", f_inner, "fp32"),
             row("(a) typical, whole step", a_step, "fp32")]

@@ -30,6 +30,7 @@ from .augment import Augment, PhotoViews, alternating_flip, shrink
 from .calibrate import calibrate_and_measure
 from .devices import fast_bf16
 from .errors import BirdcnnError, DataError, TrainingInterrupted
+from .heap import reuse_freed_memory
 from .interrupts import StopOnCtrlC
 from .mining import HardMining
 from .modelfile import Classifier, pick_device, save_model
@@ -562,7 +563,9 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
                disable=not ranks.main or (not sys.stderr.isatty() and os.environ.get("BIRDCNN_PROGRESS") != "1"))
     epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
     interrupted = False
-    with StopOnCtrlC("\nstopping after this step (Ctrl-C again to abort without saving)...") as stop:
+    # The loop frees and allocates the same large tensors every step: keep them in the heap (`heap`).
+    with StopOnCtrlC("\nstopping after this step (Ctrl-C again to abort without saving)...") as stop, \
+            reuse_freed_memory():
         t0 = time.perf_counter()
         order_epoch, order = -1, None
         while step < total_steps:
