@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import sources as S
+from .heap import reuse_freed_memory
 from .metrics import binary_report, expected_calibration_error, fit_temperature, threshold_for_precision
 from .modelfile import TTA_MODES, Classifier
 
@@ -52,6 +53,8 @@ def choose_threshold(
     return max(found.values()), rule
 
 
+# Locating the validation photos allocates large window batches, as training does (`heap`).
+@reuse_freed_memory()
 def calibrate_and_measure(
     clf: Classifier, cfg: "TrainConfig", mixed: S.Mixed, history: list, command: str
 ) -> tuple[dict, dict]:

@@ -640,8 +640,7 @@ def _save_run(net: torch.nn.Module, cfg: TrainConfig, classes: list[str], norm: 
               history: list[dict], command: str, run_dir: Path, ranks: distributed.Ranks) -> None:
     """Calibrate the trained network and write the run's files (rank 0 only)."""
     clf = _classifier(net, cfg, classes, norm)
-    with reuse_freed_memory():  # locating the validation photos allocates large window batches, as training does
-        meta, metrics = calibrate_and_measure(clf, cfg, mixed, history, command)
+    meta, metrics = calibrate_and_measure(clf, cfg, mixed, history, command)
     if ranks.parallel:
         meta["training"]["processes"] = ranks.world
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -676,9 +675,7 @@ def recalibrate(run_dir: str | Path, target_precision: float | None = None, zoom
     clf.meta = {k: v for k, v in clf.meta.items() if k != "zoom_size"} | (
         {"zoom_size": cfg.zoom_size} if cfg.zoom_size else {})
     clf.zoom_size = cfg.zoom_size
-    mixed = prepare_data(cfg)
-    with reuse_freed_memory():
-        new_meta, metrics = calibrate_and_measure(clf, cfg, mixed, history, meta["training"].get("command", ""))
+    new_meta, metrics = calibrate_and_measure(clf, cfg, prepare_data(cfg), history, meta["training"].get("command", ""))
     new_meta["training"]["recalibrated"] = {"command": command, "date": datetime.now().isoformat(timespec="seconds")}
     write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     save_model(clf.net, new_meta, run_dir / "model")
