@@ -32,7 +32,10 @@ def _glibc() -> ctypes.CDLL | None:
 def reuse_freed_memory() -> Iterator[bool]:
     """While inside, freed blocks stay in the process's heap for the next allocation (no mmap, no
     trimming); on leaving, glibc's default limits are set again and the heap is trimmed. Yields
-    whether it applied (glibc only; elsewhere nothing changes)."""
+    whether it applied (glibc only; elsewhere nothing changes). Setting a limit switches off
+    glibc's adaptive mmap threshold for the rest of the process, so afterwards blocks above
+    128 KB are mmap()ed as at start-up rather than at a threshold grown from earlier frees: a
+    little slower for later large allocations in the same process, never more memory."""
     libc = _glibc()
     if libc is None:
         yield False
