@@ -15,7 +15,6 @@ config, as `birdcnn train --recalibrate` does), and scored with the model's view
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from birdcnn.modelfile import load_model
 from birdcnn.sources import add_zoom_views, folder_name
 from birdcnn.train import TrainConfig, prepare_data
 
-from common import SHARED, print_machine_facts, print_summary
+from common import print_machine_facts, print_summary, recorded_source
 
 
 def bird_log_odds(logits: np.ndarray, temperature: float, bird: int) -> np.ndarray:
@@ -59,9 +58,7 @@ def main() -> None:
     facts = print_machine_facts()
     clf = load_model(args.model)
     cfg = TrainConfig(**clf.meta["training"]["config"])
-    # As common.validation_split: a recorded source not found from here is looked for in the shared data.
-    specs = [cfg.data] if isinstance(cfg.data, str) else cfg.data
-    cfg.data = [d if Path(d).exists() else str(SHARED / Path(d).name) for d in specs]
+    cfg.data = [recorded_source(d) for d in ([cfg.data] if isinstance(cfg.data, str) else cfg.data)]
     cfg.zoom_size = clf.zoom_size
     mixed = prepare_data(cfg)
     if clf.zoom_size:

@@ -63,15 +63,19 @@ def torchrun(procs: int, *args: str) -> tuple[list[str], dict]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *args], env
 
 
+def recorded_source(spec: str) -> str:
+    """A run's recorded --data source as found from here: the recorded path (relative to where it
+    was trained, usually the repository root) or, where that does not exist, the shared data's copy."""
+    return spec if Path(spec).exists() else str(SHARED / Path(spec).name)
+
+
 def validation_split(cfg: dict, k: int, size: int):
     """The run's k-th training source (`cfg`: its recorded training config) decoded at `size` px,
-    and the indices of its validation split, held out exactly as training held them out (a recorded
-    source path that does not exist here is looked for in the shared data beside this checkout)."""
+    and the indices of its validation split, held out exactly as training held them out."""
     from birdcnn import data as D
     from birdcnn.sources import validation_count
 
-    spec = Path(cfg["data"][k])
-    view = D.load_split(str(spec if spec.exists() else SHARED / spec.name), "train", size)
+    view = D.load_split(recorded_source(cfg["data"][k]), "train", size)
     _, val = D.split_validation(len(view), validation_count(len(view), cfg.get("val_size")), cfg["seed"] + k)
     return view, val
 
