@@ -35,7 +35,10 @@ def reuse_freed_memory() -> Iterator[bool]:
     whether it applied (glibc only; elsewhere nothing changes). Setting a limit switches off
     glibc's adaptive mmap threshold for the rest of the process, so afterwards blocks above
     128 KB are mmap()ed as at start-up rather than at a threshold grown from earlier frees: a
-    little slower for later large allocations in the same process, never more memory."""
+    little slower for later large allocations in the same process, never more memory.
+    The heap grows for the first few steps before it is reused: torch's 64-byte-aligned blocks ask
+    glibc for a little more than a freed block of the same size, so reuse begins once freed
+    neighbours have merged (a lone tensor freed and allocated again is never reused)."""
     libc = _glibc()
     if libc is None:
         yield False
