@@ -40,7 +40,7 @@ def test_explain_writes_every_step(model_fixture, first_shape, request, photos, 
     # The layers were found by type, in the order the network runs them.
     kinds = [layer["kind"] for layer in summary["layers"]]
     assert kinds[0] == "conv" and summary["layers"][0]["output_shape"] == first_shape
-    assert "MaxPool2d" in {layer["type"] for layer in summary["layers"]} and kinds.count("conv") >= 3
+    assert any(layer["type"].startswith("MaxPool") for layer in summary["layers"]) and kinds.count("conv") >= 3
     assert summary["gradcam_layer"] in {layer["name"] for layer in summary["layers"]}
 
     # The bar chart shows the real prediction: the same numbers `predict` gives.

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from birdcnn.data import load_split
-from birdcnn.models import ARCHITECTURES, FastNet, build, register
+from birdcnn.models import ARCHITECTURES, FastNet, MaxPool, build, register
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,24 @@ def test_forward_shapes(arch, num_classes, images):
     net(x).sum().backward()
     first = next(p for p in net.parameters() if p.requires_grad)
     assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("size", [(39, 39), (19, 20), (9, 8)])
+def test_inference_max_pool_gives_the_kernels_values(size, images):
+    """MaxPool's strided-slices path (bf16 on the CPU, no gradient) equals PyTorch's kernel, odd sizes
+    floored alike; with a gradient it is the kernel, so training's backward is untouched."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 16, 3, padding=1)
+    x = nn.functional.interpolate(images[:4], size=size)
+    maps = conv(x).detach().to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    pool = MaxPool()
+    with torch.no_grad():
+        fast = pool(maps)
+        assert fast.shape == (4, 16, size[0] // 2, size[1] // 2)
+        assert torch.equal(fast, nn.functional.max_pool2d(maps, 2))
+    y = maps.float().requires_grad_()
+    pool(y).sum().backward()
+    assert y.grad.sum().item() == 4 * 16 * (size[0] // 2) * (size[1] // 2)  # one winner per window
 
 
 def test_all_architectures_are_registered_and_unknown_is_refused():
