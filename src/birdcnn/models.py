@@ -70,9 +70,10 @@ class Conv(nn.Conv2d):
 class MaxPool(nn.MaxPool2d):
     """2x2 max-pooling; at inference on bf16 CPU tensors, the max of the four strided slices.
 
-    PyTorch's CPU max-pool kernel is slow for bf16 channels-last maps: on a (256, 64, 40, 40)
-    map 29 ms against 4.2 ms for the slices, the same values (benchmarks/pool_speed.py), so the
-    network's forward pass is ~15% faster for predict, search and locate. Training keeps the
+    PyTorch's CPU max-pool kernel is slow on the network's first bf16 channels-last map: at a
+    40-px view, batch 256, 15.4 ms against 3.5 ms for the slices, the same values
+    (benchmarks/pool_speed.py, docs/RESULTS.md), so the forward pass is 1.15x faster for predict,
+    search and locate. Training keeps the
     kernel: its backward pass needs the kernel's indices (hand-written, the backward was slower).
     Exports trace the kernel, so an ONNX file has a MaxPool node."""
 
