@@ -184,3 +184,35 @@ def colour_jitter(x: torch.Tensor, amount: float, grey_p: float, gen: torch.Gene
 
 
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as Pillow's convert("L")
+
+
+MIXES = ("cutmix", "mixup", "both")
+
+
+class Mix:
+    """CutMix or MixUp (torchvision's) on a random fraction `p` of training batches.
+
+    CutMix pastes a box of one image into another, MixUp blends two whole images; either way the
+    target is the two labels in proportion. For a bird-vs-rest decision that means pieces of birds
+    on every kind of background, and backgrounds that must not be called a bird on their own:
+    what `locate`'s windows and unseen photos ask of the network. "both" picks one per batch.
+    Batches left unmixed keep their plain labels (hard-example mining learns from those only).
+    """
+
+    def __init__(self, kind: str, p: float, n_classes: int, alpha: float = 1.0):
+        from torchvision.transforms import v2
+
+        if kind not in MIXES:
+            raise ValueError(f"unknown mix {kind!r}; known: {', '.join(MIXES)}")
+        ops = {"cutmix": [v2.CutMix(alpha=alpha, num_classes=n_classes)],
+               "mixup": [v2.MixUp(alpha=alpha, num_classes=n_classes)]}
+        self.ops = ops.get(kind, ops["cutmix"] + ops["mixup"])
+        self.p = p
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, int labels) -> (images, labels): soft (N, classes) targets when mixed.
+        Uses torch's global generator, which training seeds every step (reproducible on resume)."""
+        if len(x) < 2 or torch.rand(()) >= self.p:
+            return x, y
+        op = self.ops[int(torch.randint(len(self.ops), ()))]
+        return op(x, y)

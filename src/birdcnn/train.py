@@ -26,7 +26,7 @@ from . import data as D
 from . import distributed
 from . import sources as S
 from .atomic import save_figure, write_atomic, write_text
-from .augment import Augment, PhotoViews, alternating_flip, shrink
+from .augment import MIXES, Augment, Mix, PhotoViews, alternating_flip, shrink
 from .calibrate import calibrate_and_measure
 from .devices import fast_bf16
 from .errors import BirdcnnError, DataError, TrainingInterrupted
@@ -95,6 +95,8 @@ class TrainConfig:
     balance: bool = False               # sample classes equally often (sampling weights)
     source_weights: list[float] | None = None  # per --data source: drawn w x as often as its size implies
     hard_mining: float = 0.0            # draw an image 1 + this x as often when p(positive) was wrong: `mining`
+    mix: str | None = None              # "cutmix", "mixup" or "both" on a fraction mix_p of batches: `augment.Mix`
+    mix_p: float = 0.5
     epochs: float | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -148,6 +150,8 @@ class TrainConfig:
             raise BirdcnnError("--epochs and --batch-size must be positive")
         if cfg.hard_mining < 0:
             raise BirdcnnError(f"--hard-mining must be 0 or more, not {cfg.hard_mining}")
+        if cfg.mix is not None and (cfg.mix not in MIXES or not 0 < cfg.mix_p <= 1):
+            raise BirdcnnError(f"--mix is one of {', '.join(MIXES)} with --mix-p above 0 and at most 1")
         if not 8 <= cfg.input_size <= 256:
             raise BirdcnnError(f"--input-size must be 8 to 256 px, not {cfg.input_size}")
         cfg.check_zoom()
@@ -312,7 +316,8 @@ class Lookahead:
 
 def training_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                   cfg: TrainConfig, autocast: Callable, processes: int = 1) -> tuple[float, torch.Tensor]:
-    """One optimisation step on an augmented, normalised batch; returns (loss, logits).
+    """One optimisation step on an augmented, normalised batch; returns (loss, logits). `y` holds
+    class indices, or (N, classes) target probabilities for a mixed batch (`augment.Mix`).
 
     With `processes` data-parallel ranks, `x` is this rank's slice of the global batch: DDP
     averages the gradients, so a summed loss is scaled up to make the step that of one process."""
@@ -542,6 +547,7 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
                 mining.load_state(ckpt["mining"])
             except (KeyError, ValueError) as e:
                 raise BirdcnnError(f"{run_dir / 'checkpoint.pt'}: its hard-mining state does not fit ({e})") from None
+    mix = Mix(cfg.mix, cfg.mix_p, len(classes)) if cfg.mix else None
     val_x, val_y = torch.from_numpy(val_ds.images).to(device), torch.from_numpy(val_ds.labels).to(device)
 
     def epoch_order(epoch: int) -> torch.Tensor:
@@ -577,9 +583,13 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
             picked = order[b * batch:(b + 1) * batch][ranks.rank::ranks.world]
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout and augmentation: reproducible on resume
             x, y = inputs.batch(picked, epoch, cfg.size_at(epoch))
+            if mix is not None:
+                x, y = mix(x, y)
             set_learning_rates(opt, step, total_steps, epoch, cfg.recipe["optimizer"])
             loss, out = training_step(model, opt, x, y, cfg, autocast, ranks.world)
-            if mining is not None:
+            if y.ndim == 2:  # a mixed batch: its accuracy counts the larger share of each image
+                y = y.argmax(1)
+            elif mining is not None:
                 mining.record(picked, out, y)
             step += 1
             if la_cfg and epoch >= la_cfg["start_epoch"] and step % la_cfg["every"] == 0:

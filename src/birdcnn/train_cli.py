@@ -6,6 +6,7 @@ import shlex
 import sys
 
 from .argtypes import non_negative_float, non_negative_int, positive_float, positive_int, ranged
+from .augment import MIXES
 from .devices import add_device_argument, check_device
 from .models import ARCHITECTURES
 from .train import OPTIMIZERS, PRESETS
@@ -29,6 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hard-mining", type=non_negative_float, metavar="F",
                    help="hard-example mining: from the second epoch, draw an image 1 + F times as often when the "
                         "network's p(positive) for it was fully wrong when last trained on (default 0: off)")
+    p.add_argument("--mix", choices=MIXES,
+                   help="CutMix (a box of one image pasted into another), MixUp (two images blended) or both, "
+                        "labels mixed in proportion (default: off)")
+    p.add_argument("--mix-p", type=ranged(float, 0, 1, above=True), metavar="P",
+                   help="fraction of batches mixed (default 0.5)")
     p.add_argument("--epochs", type=positive_float, help="epochs (default: per arch; fractions allowed)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float, help="learning rate (default: per arch)")
@@ -105,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         ignored = [f"--{k.replace('_', '-')}"
                    for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "optimizer", "extra_positive",
                              "preset", "start_size", "start_epochs", "widths", "stem_stride", "zoom_size",
-                             "hard_mining")
+                             "hard_mining", "mix", "mix_p")
                    if getattr(args, k) is not None]
         if ignored:
             print(f"note: --resume continues the run as first configured; ignoring {', '.join(ignored)}",
@@ -118,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
                       stem_stride=args.stem_stride or TrainConfig.stem_stride, classes=args.classes,
                       positive=args.positive,
                       extra_positive=args.extra_positive, balance=args.balance, hard_mining=args.hard_mining or 0.0,
+                      mix=args.mix, mix_p=args.mix_p or TrainConfig.mix_p,
                       epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
                       augment=augment_overrides(args), val_size=args.val_size, seed=args.seed, out=args.out,
