@@ -196,8 +196,8 @@ class Mix:
     target is the two labels in proportion. For a bird-vs-rest decision that means pieces of birds
     on every kind of background, and backgrounds that must not be called a bird on their own:
     what `locate`'s windows and unseen photos ask of the network. "both" picks one per batch.
-    (Measured in the one-hour multi-source recipe, it cost ranking and calibration: the network
-    underfits there; docs/RESULTS.md, "Mixing".)
+    (Measured in the one-hour multi-source recipe, it cost ranking, calibration and `locate`'s
+    boxes: the network underfits there; docs/RESULTS.md, "Mixing".)
     Batches left unmixed keep their plain labels (hard-example mining learns from those only).
     """
 
