@@ -204,11 +204,8 @@ class Mix:
     def __init__(self, kind: str, p: float, n_classes: int, alpha: float = 1.0):
         from torchvision.transforms import v2
 
-        if kind not in MIXES:
-            raise ValueError(f"unknown mix {kind!r}; known: {', '.join(MIXES)}")
-        ops = {"cutmix": [v2.CutMix(alpha=alpha, num_classes=n_classes)],
-               "mixup": [v2.MixUp(alpha=alpha, num_classes=n_classes)]}
-        self.ops = ops.get(kind, ops["cutmix"] + ops["mixup"])
+        cutmix, mixup = v2.CutMix(alpha=alpha, num_classes=n_classes), v2.MixUp(alpha=alpha, num_classes=n_classes)
+        self.ops = {"cutmix": [cutmix], "mixup": [mixup], "both": [cutmix, mixup]}[kind]  # `kind`: one of MIXES
         self.p = p
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise BirdcnnError("--data is required (e.g. --data cifar10, or a folder of class folders)")
     if args.resume and not args.out:
         raise BirdcnnError("--resume needs --out RUN_DIR (the run to continue)")
-    if args.mix_p is not None and args.mix is None:
+    if args.mix_p is not None and args.mix is None and not args.resume:  # on --resume: ignored, below
         raise BirdcnnError("--mix-p needs --mix (cutmix, mixup or both)")
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}"
