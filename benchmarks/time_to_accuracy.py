@@ -36,7 +36,7 @@ def config(args: argparse.Namespace, out: str) -> TrainConfig:
     return TrainConfig(data=args.data, arch=args.arch, epochs=args.epochs, seed=args.seed, out=out,
                        preset=args.preset, batch_size=args.batch_size, start_size=args.start_size,
                        start_epochs=args.start_epochs, val_size=args.val_size, widths=args.widths,
-                       optimizer=args.optimizer, lr=args.lr)
+                       optimizer=args.optimizer, lr=args.lr, lookahead=args.lookahead)
 
 
 def relaunch(procs: int) -> int:
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--optimizer", choices=OPTIMIZERS, help="default: the recipe's (or the preset's)")
     ap.add_argument("--lr", type=float, help="default: the recipe's")
+    ap.add_argument("--lookahead", action=argparse.BooleanOptionalAction, help="default: the recipe's")
     ap.add_argument("--start-size", type=int, nargs="+", help="progressive resizing: the first epochs at these sizes")
     ap.add_argument("--start-epochs", type=float, nargs="+", help="epochs at each --start-size")
     ap.add_argument("--val-size", type=int, help="images held out for validation (default: the recipe's)")

@@ -91,23 +91,25 @@ def test_muon_is_for_the_fast_networks(cifar_small, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_a_muon_run_learns_stops_and_resumes_exactly(cifar_small, tmp_path):
-    """A short real run with Muon beats chance on held-back images; stopped after its first
-    epoch (as Ctrl-C does) and resumed, it ends on the same weights as the run never stopped."""
+@pytest.mark.parametrize("lookahead, stop_after", [(None, 1), (True, 4)])
+def test_a_muon_run_learns_stops_and_resumes_exactly(cifar_small, tmp_path, lookahead, stop_after):
+    """A short real run with Muon (and with `--lookahead`, whose average starts in epoch 4 and is
+    checkpointed) beats chance on held-back images; stopped after an epoch (as Ctrl-C does) and
+    resumed, it ends on the same weights as the run never stopped."""
     def config(out: Path) -> TrainConfig:
-        return TrainConfig(data=str(cifar_small), arch="tiny", optimizer="muon", epochs=4, batch_size=100,
-                           val_size=100, device="cpu", out=str(out))
+        return TrainConfig(data=str(cifar_small), arch="tiny", optimizer="muon", lookahead=lookahead, epochs=5,
+                           batch_size=100, val_size=100, device="cpu", out=str(out))
 
     whole = train(config(tmp_path / "whole"))
     test = load_split(cifar_small, "test")
     accuracy = float((load_model(whole).probabilities(test.images).argmax(1) == test.labels).mean())
     assert accuracy > 0.17, accuracy
 
-    def ctrl_c_after_epoch_1(epoch: int, clf, seconds: float) -> None:
-        if epoch == 1:
+    def ctrl_c(epoch: int, clf, seconds: float) -> None:
+        if epoch == stop_after:
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(TrainingInterrupted):
-        train(config(tmp_path / "stopped"), on_epoch=ctrl_c_after_epoch_1)
+        train(config(tmp_path / "stopped"), on_epoch=ctrl_c)
     train(config(tmp_path / "stopped"), resume=True)
     assert_same_weights(tmp_path / "stopped", whole)

@@ -377,6 +377,18 @@ def test_stem_stride_2_sees_a_larger_view_at_the_same_feature_size(cifar_small, 
     assert probs.shape == (4, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
 
 
+def test_lookahead_is_the_recipes_unless_asked_for():
+    from birdcnn.errors import BirdcnnError
+    from birdcnn.train import LOOKAHEAD, TrainConfig
+
+    assert TrainConfig(data="x").resolved().recipe["lookahead"] == LOOKAHEAD  # airbench's SGD recipe: on
+    assert TrainConfig(data="x", lookahead=False).resolved().recipe["lookahead"] is None
+    assert TrainConfig(data="x", optimizer="muon").resolved().recipe["lookahead"] is None  # Muon's: off
+    assert TrainConfig(data="x", preset="quick", lookahead=True).resolved().recipe["lookahead"] == LOOKAHEAD
+    with pytest.raises(BirdcnnError, match="--lookahead is for"):
+        TrainConfig(data="x", arch="article", lookahead=True).resolved()
+
+
 def test_a_preset_fills_only_the_fields_left_unset():
     from birdcnn.errors import BirdcnnError
     from birdcnn.train import PRESETS, TrainConfig

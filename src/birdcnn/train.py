@@ -38,6 +38,9 @@ from .models import HEAD_SCALE, build
 from .muon import MuonSGD
 from .runs import default_run_dir
 
+# airbench's Lookahead (`Lookahead`): from epoch 3, every 5 steps, decay 0.95 per step x (step/total)^3.
+LOOKAHEAD = dict(start_epoch=3, every=5, decay=0.95, power=3.0)
+
 # Each architecture's recipe; any CLI flag overrides its entry.
 RECIPES: dict[str, dict] = {
     # airbench94's recipe (Jordan 2024): SGD-Nesterov with a short warm-up then linear decay,
@@ -47,7 +50,7 @@ RECIPES: dict[str, dict] = {
     # docs/RESULTS.md.
     "fast": dict(classes="all", optimizer="sgd", epochs=10.0, batch_size=1024, lr=11.5, momentum=0.85,
                  weight_decay=0.0153, bias_scaler=64.0, label_smoothing=0.2, tta="flip-translate",
-                 lookahead=dict(start_epoch=3, every=5, decay=0.95, power=3.0), alternating_flip=True,
+                 lookahead=LOOKAHEAD, alternating_flip=True,
                  augment=dict(flip=True, shift=2, rotate=0.0, blur=0.0)),
     # The original article: Adam 1e-3, batch 96, flips, +-25 degree rotations, blur; bird vs not-bird.
     "article": dict(classes="binary", optimizer="adam", epochs=15.0, batch_size=96, lr=1e-3, momentum=0.0,
@@ -59,7 +62,8 @@ RECIPES["tiny"] = dict(RECIPES["fast"], batch_size=256)
 # `--optimizer muon` for the fast networks: airbench94_muon's settings (Jordan 2024), which reach
 # airbench94's accuracy in 8 epochs instead of 9.9: Muon for the filters (lr 0.24, momentum 0.6),
 # SGD-Nesterov (momentum 0.85) for biases (0.053) and the last layer (0.67 on airbench's scale),
-# weight decay 2e-6 per example, no warm-up, no Lookahead.
+# weight decay 2e-6 per example, no warm-up, no Lookahead (`--lookahead` adds it: +0.2 points on the
+# 16-epoch quick schedule, docs/RESULTS.md).
 OPTIMIZERS = ("sgd", "muon")  # --optimizer: the fast networks' choices
 MUON = dict(optimizer="muon", lr=0.24, muon_momentum=0.6, momentum=0.85, bias_lr=0.053, head_lr=0.67,
             weight_decay=2e-6, lookahead=None)
@@ -116,6 +120,7 @@ class TrainConfig:
     start_epochs: float | list[float] | None = None
     preset: str | None = None           # a PRESETS entry: fills the fields left unset
     optimizer: str | None = None        # "muon" for the fast networks; default: the recipe's
+    lookahead: bool | None = None       # airbench's weight averaging (`Lookahead`); default: the recipe's
     recipe: dict = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
@@ -140,6 +145,10 @@ class TrainConfig:
                 raise BirdcnnError(f"--optimizer {optimizer} does not fit --arch {self.arch} "
                                    f"(its optimizer: {r['optimizer']}; muon is for the fast networks)")
             r |= MUON
+        if self.lookahead is not None:
+            if r["optimizer"] == "adam":
+                raise BirdcnnError("--lookahead is for the fast networks' SGD or Muon, not --arch article")
+            r["lookahead"] = LOOKAHEAD if self.lookahead else None
         unset = {k: v for k, v in preset.items() if getattr(self, k) is None}
         unset |= {k: r[k] for k in ("classes", "epochs", "batch_size", "lr", "label_smoothing")
                   if getattr(self, k) is None and k not in unset}

@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS,
                    help="the fast networks' optimizer: sgd (airbench94's recipe, the default) or muon (Muon for "
                         "the filters, airbench94_muon's settings; --lr is then Muon's rate)")
+    p.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=None,
+                   help="airbench's weight averaging: the weights move to an average of themselves every 5 steps "
+                        "(default: on for sgd, off for muon)")
     p.add_argument("--label-smoothing", type=ranged(float, 0, 1, below=True))
     p.add_argument("--val-size", type=positive_int,
                    help="training images held out to pick threshold and temperature (default 5000, or 10%%)")
@@ -113,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         ignored = [f"--{k.replace('_', '-')}"
                    for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "optimizer", "extra_positive",
                              "preset", "start_size", "start_epochs", "widths", "stem_stride", "zoom_size",
-                             "hard_mining", "mix", "mix_p")
+                             "hard_mining", "mix", "mix_p", "lookahead")
                    if getattr(args, k) is not None]
         if ignored:
             print(f"note: --resume continues the run as first configured; ignoring {', '.join(ignored)}",
@@ -132,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
                       augment=augment_overrides(args), val_size=args.val_size, seed=args.seed, out=args.out,
                       device=None if args.device == "auto" else args.device, bf16=args.bf16,
                       input_size=args.input_size, start_size=args.start_size, start_epochs=args.start_epochs,
-                      preset=args.preset, optimizer=args.optimizer, zoom_size=args.zoom_size or None,
+                      preset=args.preset, optimizer=args.optimizer, lookahead=args.lookahead,
+                      zoom_size=args.zoom_size or None,
                       **({} if args.target_precision is None else {"target_precision": args.target_precision}))
     train(cfg, resume=args.resume, command="birdcnn " + shlex.join(args._argv))
     return 0
