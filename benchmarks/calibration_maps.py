@@ -10,7 +10,7 @@ re-chosen threshold are unchanged: only what the printed probability means chang
 The validation split and the test splits are rebuilt exactly as the run made them (its recorded
 config, as `birdcnn train --recalibrate` does), and scored with the model's views (its zoom view too).
 
-    python benchmarks/calibration_maps.py [--model PATH]
+    python benchmarks/calibration_maps.py [--model PATH] [--cache logits.npz]
 """
 from __future__ import annotations
 
@@ -21,10 +21,8 @@ import torch
 
 from birdcnn.metrics import expected_calibration_error, fit_temperature
 from birdcnn.modelfile import load_model
-from birdcnn.sources import add_zoom_views, folder_name
-from birdcnn.train import TrainConfig, prepare_data
 
-from common import print_machine_facts, print_summary, recorded_source
+from common import model_logits, print_machine_facts, print_summary
 
 
 def bird_log_odds(logits: np.ndarray, temperature: float, bird: int) -> np.ndarray:
@@ -54,20 +52,18 @@ def fit_map(x: np.ndarray, y: np.ndarray, slope: bool) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="a model trained by `birdcnn train` (default: the shipped model)")
+    ap.add_argument("--cache", help="keep the logits in this .npz file, and read them from it when it exists "
+                                    "(the same file as class_prior.py's --cache)")
     args = ap.parse_args()
     facts = print_machine_facts()
     clf = load_model(args.model)
-    cfg = TrainConfig(**clf.meta["training"]["config"])
-    cfg.data = [recorded_source(d) for d in ([cfg.data] if isinstance(cfg.data, str) else cfg.data)]
-    cfg.zoom_size = clf.zoom_size
-    mixed = prepare_data(cfg)
-    if clf.zoom_size:
-        add_zoom_views(mixed, clf.zoom_size, cfg.seed, cfg.val_size)
-    bird, val = clf.positive_index, mixed.val
-    logits = clf.logits(val.images, tta=clf.tta, zoomed=mixed.val_zoomed).numpy()
-    temperature = fit_temperature(logits, val.labels)
-    x, y = bird_log_odds(logits, temperature, bird), val.labels == bird
-    photo = np.asarray(mixed.photo)[mixed.val_source]
+    logits, bird = model_logits(clf, args.cache), clf.positive_index
+    sources = [k[len("val "):] for k in logits if k.startswith("val ") and not k.endswith(" labels")]
+    val = np.concatenate([logits[f"val {s}"] for s in sources])
+    labels = np.concatenate([logits[f"val {s} labels"] for s in sources])
+    photo = np.concatenate([np.full(len(logits[f"val {s}"]), s in logits["photo sources"]) for s in sources])
+    temperature = fit_temperature(val, labels)
+    x, y = bird_log_odds(val, temperature, bird), labels == bird
     maps = {"temperature": (1.0, 0.0), "+ shift (all)": fit_map(x, y, False),
             "+ shift (photos)": fit_map(x[photo], y[photo], False),
             "+ Platt (all)": fit_map(x, y, True), "+ Platt (photos)": fit_map(x[photo], y[photo], True)}
@@ -76,21 +72,20 @@ def main() -> None:
     print("\n| source, split | birds / images | mean p(bird) | " + " | ".join(maps) + " |")
     print("|---|---|---|" + "---|" * len(maps))
     rows = []
-    for k, (name, test) in enumerate(mixed.tests):
-        m = mixed.val_source == k
-        splits = [("validation", x[m], y[m])]
-        if test is not None:
-            zoomed = mixed.test_zoomed[k] if mixed.test_zoomed else None
-            splits.append(("test", bird_log_odds(clf.logits(test.images, tta=clf.tta, zoomed=zoomed).numpy(),
-                                                 temperature, bird), test.labels == bird))
-        for split, xs, ys in splits:
+    for source in sources:
+        for split in ("val", "test"):
+            if f"{split} {source}" not in logits:
+                continue
+            xs = bird_log_odds(logits[f"{split} {source}"], temperature, bird)
+            ys = logits[f"{split} {source} labels"] == bird
             if not ys.any():
                 continue
             eces = {k: expected_calibration_error(1 / (1 + np.exp(-(a * xs + c))), ys) for k, (a, c) in maps.items()}
             mean_p = float(np.mean(1 / (1 + np.exp(-xs))))
-            print(f"| {folder_name(name)}, {split} | {int(ys.sum())} / {len(ys)} | {mean_p:.3f} | "
+            split = "validation" if split == "val" else split
+            print(f"| {source}, {split} | {int(ys.sum())} / {len(ys)} | {mean_p:.3f} | "
                   + " | ".join(f"{e:.3f}" for e in eces.values()) + " |", flush=True)
-            rows.append({"source": folder_name(name), "split": split, "birds": int(ys.sum()), "n": len(ys),
+            rows.append({"source": source, "split": split, "birds": int(ys.sum()), "n": len(ys),
                          "mean_p": mean_p, "ece": eces})
     print_summary({"benchmark": "calibration_maps", **facts, "temperature": temperature, "maps": maps, "rows": rows})
 

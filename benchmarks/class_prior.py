@@ -16,51 +16,21 @@ classifier to new a priori probabilities"), p'(c) ~ p(c) x prior'(c) / prior(c).
 
     python benchmarks/class_prior.py [--model PATH] [--cache logits.npz] [--taus 0 0.5 1]
 
-Computing the logits takes ~20 minutes on 2 cores; --cache keeps them for a rerun.
+Computing the logits takes ~20 minutes on 2 cores; --cache keeps them for a rerun (and for
+`calibration_maps.py --cache`, which reads the same file).
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from birdcnn import data as D
-from birdcnn.images import load_views
 from birdcnn.metrics import average_precision, expected_calibration_error
-from birdcnn.modelfile import Classifier, load_model, stack_zoomed
-from birdcnn.sources import canonical_class, is_photo_source
+from birdcnn.modelfile import load_model
+from birdcnn.sources import canonical_class
 
-from common import SHARED, print_machine_facts, print_summary, validation_split
-
-
-def predict_logits(clf: Classifier, images: np.ndarray, zoomed: list | np.ndarray | None) -> np.ndarray:
-    """predict's logits: the model's views, averaged with the zoom views' flip pair where given
-    (`zoomed`: one zoom view or None per image)."""
-    return clf.logits(images, zoomed=None if zoomed is None else stack_zoomed(list(zoomed))).numpy()
-
-
-def all_logits(clf: Classifier) -> dict[str, np.ndarray]:
-    """{"<split> <source>": logits, "<split> <source> classes": canonical class names}."""
-    cfg, out = clf.meta["training"]["config"], {}
-    for k, spec in enumerate(cfg["data"]):
-        name, path = Path(spec).name.split(".")[0], SHARED / Path(spec).name
-        photo = clf.zoom_size and is_photo_source(D.resolve_source(str(path)), clf.input_size)
-        view, val = validation_split(cfg, k, clf.input_size)
-        zoom = validation_split(cfg, k, clf.zoom_size)[0].images[val] if photo else None
-        out[f"val {name}"] = predict_logits(clf, view.images[val], zoom)
-        out[f"val {name} classes"] = np.array([canonical_class(view.classes[c]) for c in view.labels[val]])
-        test = D.load_split(str(path), "test", clf.input_size)
-        zoom = D.load_split(str(path), "test", clf.zoom_size).images if photo else None
-        out[f"test {name}"] = predict_logits(clf, test.images, zoom)
-        out[f"test {name} classes"] = np.array([canonical_class(test.classes[c]) for c in test.labels])
-        print(f"{name}: {len(val)} validation, {len(test)} test images", flush=True)
-    paths = sorted((SHARED / "photos").glob("*/*"))
-    views = [load_views(p, clf.input_size, clf.zoom_size) for p in paths]
-    out["test photos"] = predict_logits(clf, np.stack([v for v, _ in views]), [z for _, z in views])
-    out["test photos classes"] = np.array([p.parent.name for p in paths])
-    return out
+from common import model_logits, print_machine_facts, print_summary
 
 
 def em_priors(p: np.ndarray, prior: np.ndarray, steps: int = 100) -> tuple[np.ndarray, np.ndarray]:
@@ -82,25 +52,20 @@ def main() -> None:
     args = ap.parse_args()
     facts = print_machine_facts()
     clf = load_model(args.model)
-    if args.cache and Path(args.cache).exists():
-        logits = dict(np.load(args.cache))
-    else:
-        logits = all_logits(clf)
-        if args.cache:
-            np.savez(args.cache, **logits)
+    logits = model_logits(clf, args.cache)
     counts = np.zeros(len(clf.classes))
     for s in clf.meta["training"]["sources"]:
         for c, n in s["classes"].items():
             counts[clf.classes.index(canonical_class(c))] += n
     log_prior = torch.from_numpy(np.log(counts / counts.sum()))
-    sets = [k for k in logits if not k.endswith(" classes")]
-    base_rates = {s: float((logits[f"{s} classes"] == clf.positive).mean()) for s in sets}
+    sets = [k for k in logits if k.startswith(("val ", "test ")) and not k.endswith(" labels")]
+    base_rates = {s: float((logits[f"{s} labels"] == clf.positive_index).mean()) for s in sets}
     print(f"bird share: training {counts[clf.positive_index] / counts.sum():.3f}; "
           + ", ".join(f"{s} {r:.3f}" for s, r in base_rates.items() if r > 0))
     rows = {}
     for tau in args.taus:
         for s in sets:
-            y = logits[f"{s} classes"] == clf.positive
+            y = logits[f"{s} labels"] == clf.positive_index
             if not y.any():
                 continue
             z = torch.from_numpy(logits[s]).double() / clf.temperature - tau * log_prior
@@ -108,7 +73,7 @@ def main() -> None:
             rows.setdefault(s, {})[tau] = (average_precision(y, p), expected_calibration_error(p, y))
     em = {}
     for s in rows:
-        y = logits[f"{s} classes"] == clf.positive
+        y = logits[f"{s} labels"] == clf.positive_index
         p = torch.softmax(torch.from_numpy(logits[s]).double() / clf.temperature, 1).numpy()
         q, priors = em_priors(p, np.exp(log_prior.numpy()))
         pb = q[:, clf.positive_index]

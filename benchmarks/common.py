@@ -80,6 +80,46 @@ def validation_split(cfg: dict, k: int, size: int):
     return view, val
 
 
+def model_logits(clf, cache: str | None = None) -> dict[str, np.ndarray]:
+    """A trained model's logits with its own views (its zoom view included) on the run's validation
+    split and every source's test split, rebuilt exactly as training made them (its recorded config,
+    as `birdcnn train --recalibrate` does), and on the 40 shared photos:
+    {"<split> <source>": logits, "<split> <source> labels": class indices (-1: none of the model's)}
+    for split "val" or "test", plus "photo sources": the sources that are photos.
+
+    With `cache`, kept in that .npz file and read from it when it exists (~20 minutes to compute)."""
+    if cache and Path(cache).exists():
+        return dict(np.load(cache))
+    from birdcnn.images import load_views
+    from birdcnn.modelfile import stack_zoomed
+    from birdcnn.sources import add_zoom_views, folder_name
+    from birdcnn.train import TrainConfig, prepare_data
+
+    cfg = TrainConfig(**clf.meta["training"]["config"])
+    cfg.data = [recorded_source(d) for d in ([cfg.data] if isinstance(cfg.data, str) else cfg.data)]
+    cfg.zoom_size = clf.zoom_size
+    mixed = prepare_data(cfg)
+    if clf.zoom_size:
+        add_zoom_views(mixed, clf.zoom_size, cfg.seed, cfg.val_size)
+    val = clf.logits(mixed.val.images, zoomed=mixed.val_zoomed).numpy()
+    out = {"photo sources": np.array([folder_name(n) for (n, _), p in zip(mixed.tests, mixed.photo) if p])}
+    for k, (name, test) in enumerate(mixed.tests):
+        name, m = folder_name(name), mixed.val_source == k
+        out[f"val {name}"], out[f"val {name} labels"] = val[m], mixed.val.labels[m]
+        if test is not None:
+            zoomed = mixed.test_zoomed[k] if mixed.test_zoomed else None
+            out[f"test {name}"] = clf.logits(test.images, zoomed=zoomed).numpy()
+            out[f"test {name} labels"] = test.labels
+        print(f"{name}: {int(m.sum())} validation, {0 if test is None else len(test)} test images", flush=True)
+    paths = sorted((SHARED / "photos").glob("*/*"))
+    views = [load_views(p, clf.input_size, clf.zoom_size) for p in paths]
+    out["test photos"] = clf.logits(np.stack([v for v, _ in views]), zoomed=stack_zoomed([z for _, z in views])).numpy()
+    out["test photos labels"] = np.array([clf.positive_index if p.parent.name == clf.positive else -1 for p in paths])
+    if cache:
+        np.savez(cache, **out)
+    return out
+
+
 # Where the birds are in ../shared/data/photos/bird: (x0, y0, x1, y1) in photo pixels, drawn by
 # looking at each photo over a 50-px grid (a box per bird; the vulture photo's two on the chimney,
 # the magpie photo's two on the lawn, the king penguin's two half-seen neighbours at the top).
