@@ -38,7 +38,7 @@ from .models import HEAD_SCALE, build
 from .muon import MuonSGD
 from .runs import default_run_dir
 
-# airbench's Lookahead (`Lookahead`): from epoch 3, every 5 steps, decay 0.95 per step x (step/total)^3.
+# airbench's Lookahead (`Lookahead`): from the 4th epoch (index 3), every 5 steps, decay 0.95 per step x (step/total)^3.
 LOOKAHEAD = dict(start_epoch=3, every=5, decay=0.95, power=3.0)
 
 # Each architecture's recipe; any CLI flag overrides its entry.
