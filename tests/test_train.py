@@ -387,6 +387,7 @@ def test_lookahead_is_the_recipes_unless_asked_for():
     assert TrainConfig(data="x", preset="quick", lookahead=True).resolved().recipe["lookahead"] == LOOKAHEAD
     with pytest.raises(BirdcnnError, match="--lookahead is for"):
         TrainConfig(data="x", arch="article", lookahead=True).resolved()
+    assert TrainConfig(data="x", arch="article", lookahead=False).resolved().recipe["lookahead"] is None
 
 
 def test_a_preset_fills_only_the_fields_left_unset():

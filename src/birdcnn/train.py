@@ -145,9 +145,9 @@ class TrainConfig:
                 raise BirdcnnError(f"--optimizer {optimizer} does not fit --arch {self.arch} "
                                    f"(its optimizer: {r['optimizer']}; muon is for the fast networks)")
             r |= MUON
+        if self.lookahead and r["optimizer"] == "adam":  # --no-lookahead is what the article's recipe is anyway
+            raise BirdcnnError("--lookahead is for the fast networks' SGD or Muon, not --arch article")
         if self.lookahead is not None:
-            if r["optimizer"] == "adam":
-                raise BirdcnnError("--lookahead is for the fast networks' SGD or Muon, not --arch article")
             r["lookahead"] = LOOKAHEAD if self.lookahead else None
         unset = {k: v for k, v in preset.items() if getattr(self, k) is None}
         unset |= {k: r[k] for k in ("classes", "epochs", "batch_size", "lr", "label_smoothing")
