@@ -22,6 +22,7 @@ Computing the logits takes ~20 minutes on 2 cores; --cache keeps them for a reru
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 import torch
@@ -52,6 +53,9 @@ def main() -> None:
     args = ap.parse_args()
     facts = print_machine_facts()
     clf = load_model(args.model)
+    if "sources" not in clf.meta["training"]:
+        sys.exit(f"{args.model or 'the shipped model'}: no per-source class counts in its metadata "
+                 "(trained before multi-source training): its training prior is unknown")
     logits = model_logits(clf, args.cache)
     counts = np.zeros(len(clf.classes))
     for s in clf.meta["training"]["sources"]:

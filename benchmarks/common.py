@@ -87,9 +87,13 @@ def model_logits(clf, cache: str | None = None) -> dict[str, np.ndarray]:
     {"<split> <source>": logits, "<split> <source> labels": class indices (-1: none of the model's)}
     for split "val" or "test", plus "photo sources": the sources that are photos.
 
-    With `cache`, kept in that .npz file and read from it when it exists (~20 minutes to compute)."""
+    With `cache`, kept in that .npz file and read from it when it exists (~20 minutes to compute);
+    a cache written for other weights is refused, not silently used."""
     if cache and Path(cache).exists():
-        return dict(np.load(cache))
+        out = dict(np.load(cache))
+        if str(out.get("weights sha256")) != clf.meta["weights_sha256"]:
+            sys.exit(f"{cache}: logits of another model (weights sha256 differs): delete it or name another file")
+        return out
     from birdcnn.images import load_views
     from birdcnn.modelfile import stack_zoomed
     from birdcnn.sources import add_zoom_views, folder_name
@@ -102,7 +106,8 @@ def model_logits(clf, cache: str | None = None) -> dict[str, np.ndarray]:
     if clf.zoom_size:
         add_zoom_views(mixed, clf.zoom_size, cfg.seed, cfg.val_size)
     val = clf.logits(mixed.val.images, zoomed=mixed.val_zoomed).numpy()
-    out = {"photo sources": np.array([folder_name(n) for (n, _), p in zip(mixed.tests, mixed.photo) if p])}
+    out = {"weights sha256": np.array(clf.meta["weights_sha256"]),
+           "photo sources": np.array([folder_name(n) for (n, _), p in zip(mixed.tests, mixed.photo) if p])}
     for k, (name, test) in enumerate(mixed.tests):
         name, m = folder_name(name), mixed.val_source == k
         out[f"val {name}"], out[f"val {name} labels"] = val[m], mixed.val.labels[m]
