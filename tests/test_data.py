@@ -518,6 +518,22 @@ def test_balanced_sampling_weights_draw_classes_equally(cifar_small):
     assert np.isfinite(D.balanced_weights(np.array([0, 0, 2]), 3)).all()
 
 
+def test_negative_balance_evens_not_bird_classes_within_each_source(cifar_small):
+    # Source 0: CIFAR's 60 birds and 540 others over 9 classes; source 1: 30 birds, 90 cats, 10 ants.
+    cifar = D.load_split(cifar_small, "train")
+    bird, cat, ant = cifar.classes.index("bird"), cifar.classes.index("cat"), 10
+    labels = np.concatenate([cifar.labels, np.full(30, bird), np.full(90, cat), np.full(10, ant)])
+    groups = np.concatenate([np.zeros(len(cifar), np.int64), np.ones(130, np.int64)])
+    w = D.balanced_negative_weights(labels, groups, bird)
+    assert np.all(w[labels == bird] == 1)  # birds keep their share
+    for g in (0, 1):  # every source keeps its share
+        assert np.isclose(w[groups == g].sum(), (groups == g).sum())
+    second = groups == 1
+    assert np.isclose(w[second & (labels == cat)].sum(), 50) and np.isclose(w[second & (labels == ant)].sum(), 50)
+    # CIFAR's classes were already even, so its weights stay 1.
+    assert np.allclose(w[groups == 0], 1)
+
+
 def test_validation_split_is_fixed_and_disjoint():
     tr, val = D.split_validation(100, 10, seed=3)
     tr2, val2 = D.split_validation(100, 10, seed=3)

@@ -204,7 +204,7 @@ class RunsACommand:
 
 
 @pytest.mark.parametrize("case", ["absent", "no out", "no data", "garbage checkpoint", "malicious checkpoint",
-                                  "missing data", "empty data", "unknown positive"])
+                                  "missing data", "empty data", "unknown positive", "binary negative balance"])
 def test_bad_train_requests_are_one_line_errors(case, cifar_small, tmp_path, capsys):
     out = tmp_path / "run"
     marker = tmp_path / "PWNED"
@@ -225,6 +225,8 @@ def test_bad_train_requests_are_one_line_errors(case, cifar_small, tmp_path, cap
         "empty data": (["--data", str(tmp_path / "empty"), "--out", str(out)], "empty: no images found"),
         "unknown positive": (["--data", str(cifar_small), "--positive", "eagle", "--out", str(out)],
                              "positive class 'eagle' is not among"),
+        "binary negative balance": (["--data", str(cifar_small), "--classes", "binary", "--balance-negatives",
+                                     "--out", str(out)], "--balance-negatives needs --classes all"),
     }[case]
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err

@@ -601,6 +601,20 @@ def balanced_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return 1.0 / np.maximum(counts, 1)[labels]
 
 
+def balanced_negative_weights(labels: np.ndarray, groups: np.ndarray, positive: int) -> np.ndarray:
+    """Per-sample weights that, within each group (a --data source), draw every class but `positive`
+    equally often, while each group's not-positive images keep their total share and positive images
+    keep theirs: an open-world test has one photo per kind of thing, not a source's few big classes."""
+    w = np.ones(len(labels), np.float64)
+    for g in np.unique(groups):
+        neg = (groups == g) & (labels != positive)
+        if not neg.any():
+            continue
+        classes, inverse, counts = np.unique(labels[neg], return_inverse=True, return_counts=True)
+        w[neg] = neg.sum() / len(classes) / counts[inverse]
+    return w
+
+
 def split_validation(n: int, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A fixed random (train, val) index split; the validation part chooses threshold and temperature."""
     perm = np.random.default_rng(seed).permutation(n)

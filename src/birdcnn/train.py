@@ -97,6 +97,7 @@ class TrainConfig:
     positive: str = "bird"
     extra_positive: str | None = None
     balance: bool = False               # sample classes equally often (sampling weights)
+    balance_negatives: bool = False     # within each source, every not-positive class equally often
     source_weights: list[float] | None = None  # per --data source: drawn w x as often as its size implies
     hard_mining: float = 0.0            # draw an image 1 + this x as often when p(positive) was wrong: `mining`
     mix: str | None = None              # "cutmix", "mixup" or "both" on a fraction mix_p of batches: `augment.Mix`
@@ -155,6 +156,8 @@ class TrainConfig:
         cfg = replace(self, **unset, augment=aug, recipe=r)
         if cfg.classes not in ("all", "binary"):
             raise BirdcnnError(f"--classes must be 'all' or 'binary', not {cfg.classes!r}")
+        if cfg.balance_negatives and cfg.classes != "all":
+            raise BirdcnnError("--balance-negatives needs --classes all (binary labels have one negative class)")
         if cfg.epochs <= 0 or cfg.batch_size <= 0:
             raise BirdcnnError("--epochs and --batch-size must be positive")
         if cfg.hard_mining < 0:
@@ -543,6 +546,9 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
     if ranks.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     weights = D.balanced_weights(train_ds.labels, len(classes)) if cfg.balance else None
+    if cfg.balance_negatives:
+        w = D.balanced_negative_weights(train_ds.labels, mixed.train_source, classes.index(cfg.positive))
+        weights = w if weights is None else weights * w
     if cfg.source_weights is not None:
         # A source of weight w is drawn w times as often as its size implies.
         w = np.asarray(cfg.source_weights, np.float64)[mixed.train_source]

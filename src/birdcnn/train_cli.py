@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra positive images merged into training: a folder of images, or a class-folder source "
                         "(folder or archive) whose training split has a folder named like the positive class")
     p.add_argument("--balance", action="store_true", help="draw every class equally often (sampling weights)")
+    p.add_argument("--balance-negatives", action="store_true",
+                   help="within each --data source, draw every class but the positive one equally often; the "
+                        "positive class and each source keep their share (with --classes all)")
     p.add_argument("--hard-mining", type=non_negative_float, metavar="F",
                    help="hard-example mining: from the second epoch, draw an image 1 + F times as often when the "
                         "network's p(positive) for it was fully wrong when last trained on (default 0: off)")
@@ -128,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
                       arch=args.arch or TrainConfig.arch, widths=args.widths,
                       stem_stride=args.stem_stride or TrainConfig.stem_stride, classes=args.classes,
                       positive=args.positive,
-                      extra_positive=args.extra_positive, balance=args.balance, hard_mining=args.hard_mining or 0.0,
+                      extra_positive=args.extra_positive, balance=args.balance,
+                      balance_negatives=args.balance_negatives, hard_mining=args.hard_mining or 0.0,
                       mix=args.mix, mix_p=args.mix_p or TrainConfig.mix_p,
                       epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
