@@ -12,7 +12,9 @@ photos of 0.08 to 12 megapixels and re-encoded at quality 90). Then, in one run,
       - memory: on half of the collection and on all of it, sampling the whole process tree's
         memory (proportional set size, so pages shared by the worker processes count once).
         Peak memory that does not grow from N/2 to N photos is what "streaming" means.
-      - speed: on all of it, default and --no-tta, with no sampler running: reading
+      - speed: on all of it, default (the model's threshold: the mirror image only for photos
+        within search.MIRROR_MARGIN of it), every photo mirrored (--min-probability 0) and
+        --no-tta, with no sampler running: reading
         /proc/PID/smaps_rollup costs ~25 ms of CPU per sample, and sampling every 0.1 s took
         ~8% of the 2 cores from the search it measured (earlier figures were ~10% low).
       Its rate once running compares with (a); the end-to-end rate adds ~2 s of start-up.
@@ -134,8 +136,7 @@ def _tree_pss_kb(pid: int) -> int:
 
 def run_search(folder: Path, model: str | None, workers: int | None, out: Path, extra: tuple = (),
                sample_memory: bool = False) -> dict:
-    cmd = [sys.executable, "-m", "birdcnn", "search", str(folder), "--json", "--min-probability", "0",
-           "--output", str(out), *extra]
+    cmd = [sys.executable, "-m", "birdcnn", "search", str(folder), "--json", "--output", str(out), *extra]
     cmd += ["--model", model] if model else []
     cmd += ["--workers", str(workers)] if workers is not None else []
     t0 = time.perf_counter()
@@ -158,7 +159,8 @@ def run_search(folder: Path, model: str | None, workers: int | None, out: Path, 
     summary = json.loads(stdout)["summary"]
     return {"photos": summary["scanned"], "failed": summary["failed"], "wall_s": wall,
             "photos_per_s": summary["scanned"] / wall, "steady_photos_per_s": summary["photos_per_second"],
-            "peak_pss_mb": peak[0] / 1024 if sample_memory else None}
+            "peak_pss_mb": peak[0] / 1024 if sample_memory else None,
+            "mirrored": summary["mirrored"] / max(1, summary["scored"])}
 
 
 def main() -> None:
@@ -194,11 +196,12 @@ def main() -> None:
                                                     sample_memory=True)
             print(f"(b) memory: birdcnn search on {r['photos']} photos: peak {r['peak_pss_mb']:.0f} MB "
                   "(all processes, PSS)")
-        for name, extra in (("all", ()), ("no_tta", ("--no-tta",))):
+        for name, extra in (("all", ()), ("all_mirrored", ("--min-probability", "0")), ("no_tta", ("--no-tta",))):
             r = runs[name] = run_search(root, args.model, args.workers, root / f"{name}_speed.jsonl", extra)
+            mirrored = f", {r['mirrored']:.0%} mirrored" if "--no-tta" not in extra else ""
             print(f"(b) speed: birdcnn search {' '.join(extra) + ' ' if extra else ''}on {r['photos']} photos: "
                   f"{r['steady_photos_per_s']:.1f} photos/s once running, {r['photos_per_s']:.1f} end to end "
-                  f"({r['wall_s']:.1f} s with start-up)")
+                  f"({r['wall_s']:.1f} s with start-up{mirrored})")
         # The naive loop is timed without start-up, so it compares with the running rate.
         ratio = runs["all"]["steady_photos_per_s"] / naive
         half_mb, all_mb = runs["half_memory"]["peak_pss_mb"], runs["all_memory"]["peak_pss_mb"]
@@ -213,6 +216,8 @@ def main() -> None:
         print_summary({"benchmark": "search_speed", "photos": runs["all"]["photos"],
                        "naive_photos_per_s": round(naive, 1), "search_photos_per_s": round(rate, 1),
                        "search_end_to_end_photos_per_s": round(runs["all"]["photos_per_s"], 1),
+                       "search_all_mirrored_photos_per_s": round(runs["all_mirrored"]["steady_photos_per_s"], 1),
+                       "search_mirrored_share": round(runs["all"]["mirrored"], 3),
                        "search_no_tta_photos_per_s": round(runs["no_tta"]["steady_photos_per_s"], 1),
                        "speedup": round(ratio, 2), "peak_mb_half": round(half_mb), "peak_mb_all": round(all_mb),
                        "arch": model.meta["arch"], "load_average": round(os.getloadavg()[0], 2), **facts})

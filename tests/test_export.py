@@ -21,6 +21,7 @@ from birdcnn.images import load_for_model
 from birdcnn.modelfile import default_model_path, load_model, read_metadata, save_model
 from birdcnn.models import build
 from birdcnn.predict import sample_images
+from birdcnn.search import search
 
 # float32 exports: every class probability within 1e-4 of torch float32's (measured: ~1e-6).
 FP32_TOLERANCE = 1e-4
@@ -84,6 +85,13 @@ def test_onnx_export_matches_torch_float32(shipped_onnx, torch_fp32, real_images
     for n in (1, 7):
         x = torch_fp32.prepare(real_images[:n]).contiguous().numpy()
         assert clf.session.run(None, {"input": x})[0].shape == (n, len(clf.classes))
+
+
+def test_search_with_onnx_mirrors_what_torch_mirrors(shipped_onnx, torch_fp32, photos):
+    # search's mirror image only for photos near the threshold: the export's scores pick the same ones.
+    got, want = (search(photos, clf, min_probability=0.5, workers=0) for clf in (load_model(shipped_onnx), torch_fp32))
+    assert 0 < got.mirrored == want.mirrored < got.scored == want.scored == len(list(photos.rglob("*.jpg")))
+    assert dict(got.matches) == pytest.approx(dict(want.matches), abs=FP32_TOLERANCE) and got.matches
 
 
 def test_onnx_file_carries_the_metadata(shipped_onnx):

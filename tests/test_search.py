@@ -15,7 +15,7 @@ from birdcnn.cli import main
 from conftest import interrupt_search
 from birdcnn.modelfile import load_model
 from birdcnn.decode_workers import model_views
-from birdcnn.search import SearchResult, search
+from birdcnn.search import MIRROR_MARGIN, SearchResult, search
 from birdcnn.errors import FileProblem
 from birdcnn.walk import walk_images
 
@@ -119,6 +119,26 @@ def test_other_class_and_unknown_class(collection, tiny_model, capsys):
     code, out, err = run_cli(["search", str(collection["root"]), "--model", str(tiny_model), "--for", "pelican"],
                              capsys)
     assert code == 2 and err.count("\n") == 1 and "no class 'pelican'" in err and "airplane" in err
+
+
+def test_mirror_only_where_it_can_matter(collection, tiny_model, tmp_path):
+    """Views far below the threshold keep their single score; every other view, and so every
+    decision, is the flip pair's."""
+    model = load_model(tiny_model)
+    folder = collection["root"] / "2023"
+    pair = dict(search(folder, model, min_probability=0.0, workers=0).matches)  # floor 0: all mirrored
+    single = dict(search(folder, model, min_probability=0.0, workers=0, tta=False).matches)
+    # The threshold whose floor (MIRROR_MARGIN log-odds lower) splits the photos in half.
+    floor = float(np.median(list(single.values())))
+    odds = floor / (1 - floor) * np.exp(MIRROR_MARGIN)
+    threshold = odds / (1 + odds)
+    r = search(folder, model, min_probability=threshold, workers=0, output=tmp_path / "log.jsonl")
+    close = {p for p, s in single.items() if s >= floor}
+    assert 0 < r.mirrored == len(close) < len(single) and r.summary()["mirrored"] == r.mirrored
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()[1:]]
+    logged = {x["path"]: x["probability"] for x in lines}
+    assert logged == pytest.approx({p: pair[p] if p in close else single[p] for p in single}, abs=1e-5)
+    assert dict(r.matches) == pytest.approx({p: q for p, q in pair.items() if q >= threshold}, abs=1e-5)
 
 
 def test_crops_score_is_max_over_views(collection, tiny_model):

@@ -334,6 +334,24 @@ class Classifier:
         logits = self.logits(images, batch_size, tta, zoomed)
         return torch.softmax(logits / self.temperature_for(tta), 1).numpy()
 
+    @torch.no_grad()
+    def flip_pair_where_close(self, images: np.ndarray, indices: list[int], floor: float,
+                              batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+        """The flip pair's calibrated probabilities for the images whose single view gives classes
+        `indices` together at least `floor`; the others keep the single view's own calibrated
+        probabilities. Returns (probabilities (N, num_classes), which images were mirrored (N,)).
+
+        A search mostly meets photos far from its class, and for those the mirror image is network
+        work that changes no decision (search.MIRROR_MARGIN says how far is far)."""
+        single = self._logits(images, batch_size, "none")
+        probs = torch.softmax(single / self.temperature_for("none"), 1)
+        close = (probs[:, indices].sum(1) >= floor).numpy()
+        if close.any():
+            mirror = self._logits(np.ascontiguousarray(images[close][:, :, ::-1]), batch_size, "none")
+            pair = 0.5 * (single[torch.as_tensor(close)] + mirror)
+            probs[torch.as_tensor(close)] = torch.softmax(pair / self.temperature_for("flip"), 1)
+        return probs.numpy(), close
+
     def temperature_for(self, tta: str | None = None) -> float:
         """The temperature fitted on validation for these test-time views (default: the model's)."""
         if tta in (None, self.tta):
