@@ -1,6 +1,6 @@
 """`birdcnn search` against the obvious loop, on a folder of real JPEGs of camera-like sizes.
 
-    python benchmarks/search_speed.py [--photos 2000] [--naive 200] [--model PATH] [--workers N]
+    python benchmarks/search_speed.py [--photos 2000] [--naive 200] [--model PATH] [--workers N] [--rounds 3]
 
 Builds, in a temporary folder outside the repository, a collection of real JPEG photos from the
 shared data (the 40 shared photos and CIFAR-10 images, tiled at their own resolution into
@@ -169,6 +169,8 @@ def main() -> None:
     ap.add_argument("--naive", type=int, default=200, help="photos timed with the naive loop (default 200)")
     ap.add_argument("--model", help="model file (default: the shipped model)")
     ap.add_argument("--workers", type=int, help="search --workers (default: one per core)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time each kind of search this many times, in turn, and report the medians (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep the collection (prints where)")
     args = ap.parse_args()
     facts = print_machine_facts()
@@ -196,12 +198,23 @@ def main() -> None:
                                                     sample_memory=True)
             print(f"(b) memory: birdcnn search on {r['photos']} photos: peak {r['peak_pss_mb']:.0f} MB "
                   "(all processes, PSS)")
-        for name, extra in (("all", ()), ("all_mirrored", ("--min-probability", "0")), ("no_tta", ("--no-tta",))):
-            r = runs[name] = run_search(root, args.model, args.workers, root / f"{name}_speed.jsonl", extra)
-            mirrored = f", {r['mirrored']:.0%} mirrored" if "--no-tta" not in extra else ""
-            print(f"(b) speed: birdcnn search {' '.join(extra) + ' ' if extra else ''}on {r['photos']} photos: "
-                  f"{r['steady_photos_per_s']:.1f} photos/s once running, {r['photos_per_s']:.1f} end to end "
-                  f"({r['wall_s']:.1f} s with start-up{mirrored})")
+        modes = {"all": (), "all_mirrored": ("--min-probability", "0"), "no_tta": ("--no-tta",)}
+        timed: dict[str, list[dict]] = {name: [] for name in modes}
+        # In turn, round after round: the machine's speed drifts by 10-20% over minutes, and
+        # interleaving spreads the drift over every mode instead of favouring the first.
+        for _ in range(args.rounds):
+            for name, extra in modes.items():
+                r = run_search(root, args.model, args.workers, root / f"{name}_{len(timed[name])}.jsonl", extra)
+                timed[name].append(r)
+                mirrored = f", {r['mirrored']:.0%} mirrored" if "--no-tta" not in extra else ""
+                print(f"(b) speed: birdcnn search {' '.join(extra) + ' ' if extra else ''}on {r['photos']} photos: "
+                      f"{r['steady_photos_per_s']:.1f} photos/s once running, {r['photos_per_s']:.1f} end to end "
+                      f"({r['wall_s']:.1f} s with start-up{mirrored})", flush=True)
+        for name, rs in timed.items():
+            runs[name] = sorted(rs, key=lambda r: r["steady_photos_per_s"])[len(rs) // 2]  # the median run
+        if args.rounds > 1:
+            print(f"(b) medians of {args.rounds} rounds, photos/s once running: "
+                  + ", ".join(f"{name} {runs[name]['steady_photos_per_s']:.1f}" for name in modes))
         # The naive loop is timed without start-up, so it compares with the running rate.
         ratio = runs["all"]["steady_photos_per_s"] / naive
         half_mb, all_mb = runs["half_memory"]["peak_pss_mb"], runs["all_memory"]["peak_pss_mb"]
