@@ -173,6 +173,8 @@ def main() -> None:
                     help="time each kind of search this many times, in turn, and report the medians (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep the collection (prints where)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     facts = print_machine_facts()
     print(f"load average before start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           "(other work on the machine slows every figure)")

@@ -130,9 +130,9 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     `progress`: None shows a bar only when stderr is a terminal. Each view is scored with
     its mirror image averaged in where that can matter: a view `MIRROR_MARGIN` log-odds or more
     below `min_probability` keeps its single score (with that view's own calibration), so every
-    decision is the flip pair's for less network work (`tta=False`: one view for
-    all). `predict` may average more views (the model's `tta`), so probabilities can differ slightly from it. Ctrl-C
-    stops cleanly: the result says `interrupted` and holds everything scored until then.
+    decision is the flip pair's for less network work (`tta=False`: one view for all). `predict`
+    may average more views (the model's `tta`), so probabilities can differ slightly from it.
+    Ctrl-C stops cleanly: the result says `interrupted` and holds everything scored until then.
 
     `output`: the JSON-lines log (search_log.py), resumed with `resume`. `shard`: score only that
     part of the photos (shards.py). `boxes`: record `locate`'s boxes of each match in the log
