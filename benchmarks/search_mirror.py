@@ -19,6 +19,7 @@ import torch
 from birdcnn.evaluate import open_source
 from birdcnn.metrics import average_precision
 from birdcnn.modelfile import load_model
+from birdcnn.search import mirror_floor
 from birdcnn.sources import canonical_class
 
 from common import SHARED, print_machine_facts, print_summary
@@ -64,7 +65,7 @@ def main() -> None:
     print(f"\nthreshold {thr:.4f} (flip pair); per margin: share mirrored, decisions changed, bird AP "
           "(every photo mirrored -> only those within the margin)")
     for m in args.margins:
-        floor = thr / (thr + (1 - thr) * np.exp(m))  # as search: the threshold's odds / e^margin
+        floor = mirror_floor(thr, m)
         row = {"margin": m, "floor": floor, "mirrored": 0, "changed": 0, "sets": {}}
         for n in SETS:
             close = (single[n] >= floor).numpy()

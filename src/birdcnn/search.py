@@ -18,6 +18,7 @@ parts' logs (shards.py). The command line is search_cli.py, the HTML page contac
 """
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import sys
@@ -48,6 +49,12 @@ BATCH = 256            # photos per network batch
 # decision changes, and on a library of mostly other things the network does ~1.2 views a photo,
 # not 2 (docs/RESULTS.md, "Search speed").
 MIRROR_MARGIN = 6.0
+
+
+def mirror_floor(min_probability: float, margin: float = MIRROR_MARGIN) -> float:
+    """The least single-view probability that gets the mirror pass: `min_probability`'s odds
+    divided by e^`margin`, as a probability (0 -> 0, 1 -> 1: no infinities)."""
+    return min_probability / (min_probability + (1 - min_probability) * math.exp(margin))
 
 
 @dataclass
@@ -151,8 +158,7 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     if min_probability is None:
         min_probability = model.default_min_probability(ci, views_mode)
     result = SearchResult(folder, target, float(min_probability), shard=str(shard) if shard else None)
-    # min_probability's odds divided by e^MIRROR_MARGIN, as a probability (0 -> 0, 1 -> 1: no infinities).
-    floor = min_probability / (min_probability + (1 - min_probability) * np.exp(MIRROR_MARGIN))
+    floor = mirror_floor(min_probability)
 
     log = None
     if output is not None:
