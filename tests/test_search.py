@@ -15,7 +15,7 @@ from birdcnn.cli import main
 from conftest import interrupt_search
 from birdcnn.modelfile import load_model
 from birdcnn.decode_workers import model_views
-from birdcnn.search import MIRROR_MARGIN, SearchResult, search
+from birdcnn.search import MIRROR_MARGIN, SearchResult, mirror_floor, search
 from birdcnn.errors import FileProblem
 from birdcnn.walk import walk_images
 
@@ -134,6 +134,7 @@ def test_mirror_only_where_it_can_matter(collection, tiny_model, tmp_path):
     floor = float(np.median(list(single.values())))
     odds = floor / (1 - floor) * np.exp(MIRROR_MARGIN)
     threshold = odds / (1 + odds)
+    assert mirror_floor(threshold) == pytest.approx(floor, rel=1e-9)
     r = search(folder, model, min_probability=threshold, workers=0, output=tmp_path / "log.jsonl")
     close = {p for p, s in single.items() if s >= floor}
     assert 0 < r.mirrored == len(close) < len(single) and r.summary()["mirrored"] == r.mirrored
