@@ -9,10 +9,10 @@ validation split none of its members trained on).
 
     python benchmarks/ensemble.py --model a.json --model b.json [--sets tinyimagenet caltech101]
 
-The shipped model and the one shipped before it (rebuilt from git):
-    git show 7f89391^:src/birdcnn/assets/model/default.json > prev.json
-    git show 7f89391^:src/birdcnn/assets/model/default.safetensors > prev.safetensors
-    python benchmarks/ensemble.py --model ../src/birdcnn/assets/model/default.json --model prev.json
+The shipped model and the one shipped before it (rebuilt from git), from benchmarks/:
+    git show 7f89391^:src/birdcnn/assets/model/default.json > /tmp/prev.json
+    git show 7f89391^:src/birdcnn/assets/model/default.safetensors > /tmp/prev.safetensors
+    python ensemble.py --model ../src/birdcnn/assets/model/default.json --model /tmp/prev.json
 """
 from __future__ import annotations
 
