@@ -69,6 +69,8 @@ def main() -> None:
                   for s in args.sizes for v in ("flip", "flip-translate", f"resized {base}")}
         combos[f"{base} + " + " + ".join(map(str, args.sizes)) + " flip-translate"] = [
             f"{s} flip-translate" for s in [base, *args.sizes]]
+        # search's views (the flip pair at the model's size) with a larger flip pair added
+        combos.update({f"{base} flip + {s} flip": [f"{base} flip", f"{s} flip"] for s in args.sizes})
         for c, parts in combos.items():
             logits[c] = sum(logits[p] for p in parts) / len(parts)
         rows[name] = {v: average_precision(is_bird, torch.softmax(lg / temperature, 1)[:, bird].numpy())
