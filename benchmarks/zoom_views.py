@@ -67,8 +67,9 @@ def main() -> None:
             continue
         combos = {f"{base} flip-translate + {s} {v}": [f"{base} flip-translate", f"{s} {v}"]
                   for s in args.sizes for v in ("flip", "flip-translate", f"resized {base}")}
-        combos[f"{base} + " + " + ".join(map(str, args.sizes)) + " flip-translate"] = [
-            f"{s} flip-translate" for s in [base, *args.sizes]]
+        if len(args.sizes) > 1:  # with one size this is "base flip-translate + size flip-translate" again
+            combos[f"{base} + " + " + ".join(map(str, args.sizes)) + " flip-translate"] = [
+                f"{s} flip-translate" for s in [base, *args.sizes]]
         # search's views (the flip pair at the model's size) with a larger flip pair added
         combos.update({f"{base} flip + {s} flip": [f"{base} flip", f"{s} flip"] for s in args.sizes})
         for c, parts in combos.items():
