@@ -157,11 +157,12 @@ def test_train_on_two_sources_records_each(cifar_small, photo_source, tmp_path):
     assert main(["train", "--out", str(out), "--recalibrate", "--zoom-size", "48"]) == 0
     zoomed = json.loads((out / "model.json").read_text())
     assert zoomed["zoom_size"] == 48 and zoomed["training"]["config"]["zoom_size"] == 48
+    assert zoomed["zoom_tta"] == ["flip", "flip-translate"]  # search's flip pair is calibrated with the zoom view
     assert load_model(out).zoom_size == 48 and (out / "model.safetensors").read_bytes() == weights
     assert main(["train", "--out", str(out), "--recalibrate", "--zoom-size", "16"]) == 2  # not above the view
     assert json.loads((out / "model.json").read_text()) == zoomed  # a refused change leaves the run as it was
     assert main(["train", "--out", str(out), "--recalibrate", "--zoom-size", "0"]) == 0
-    assert "zoom_size" not in json.loads((out / "model.json").read_text())
+    assert not {"zoom_size", "zoom_tta"} & set(json.loads((out / "model.json").read_text()))
 
 
 def test_search_for_several_words_adds_their_probabilities(tiny_model, photos):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from birdcnn.cli import main
+from birdcnn.errors import BirdcnnError
 from birdcnn.evaluate import evaluate
 from birdcnn.images import PHOTO_SCALE, is_photo, load_views, open_image
 from birdcnn.modelfile import load_model
@@ -25,6 +26,16 @@ def zoom_model(tiny_model, tmp_path_factory) -> Path:
         shutil.copy(tiny_model.with_suffix(suffix), folder / f"model{suffix}")
     meta = json.loads((folder / "model.json").read_text())
     (folder / "model.json").write_text(json.dumps({**meta, "zoom_size": 48}))
+    return folder / "model.json"
+
+
+@pytest.fixture(scope="module")
+def zoom_all_model(zoom_model, tmp_path_factory) -> Path:
+    """The zoom model as calibrated since search's zoom view: every multi-view set has it."""
+    folder = tmp_path_factory.mktemp("zoom_all")
+    shutil.copy(zoom_model.with_suffix(".safetensors"), folder / "model.safetensors")
+    meta = json.loads(zoom_model.read_text())
+    (folder / "model.json").write_text(json.dumps({**meta, "zoom_tta": ["flip", "flip-translate"]}))
     return folder / "model.json"
 
 
@@ -104,3 +115,36 @@ def test_bad_zoom_metadata_is_one_line_error(zoom_model, article_model, tmp_path
     assert main(["predict", "--model", str(art), "--samples"]) == 2
     err = capsys.readouterr().err
     assert "metadata 'zoom_size' 48 does not fit the network" in err and len(err.strip().splitlines()) == 1
+
+
+def test_search_scores_the_zoom_flip_pair_where_calibrated(zoom_model, zoom_all_model, tiny_model, photos,
+                                                           cifar_small, tmp_path):
+    from birdcnn.search import search
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for f in [*sorted((photos / "bird").glob("*.jpg"))[:3], *sorted((cifar_small / "test" / "cat").iterdir())[:2]]:
+        shutil.copy(f, folder / f.name)
+    clf = load_model(zoom_all_model)
+    assert clf.zoom_tta == ["flip", "flip-translate"] and load_model(zoom_model).zoom_tta == ["flip-translate"]
+    # --min-probability 0: every photo gets the full view set (no single-view shortcut).
+    got = dict(search(folder, clf, min_probability=0.0, workers=0, output=tmp_path / "log.jsonl").matches)
+    assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])["zoom"] == 48
+    pos, t = clf.positive_index, clf.temperature_for("flip")
+    for path, p in got.items():
+        view, zoom = load_views(path, 32, 48)
+        logits = clf.logits(view[None], tta="flip")
+        if zoom is not None:  # photos: half the flip pair at 32 px, half the flip pair at 48 px
+            logits = 0.5 * (logits + clf.logits(zoom[None], tta="flip"))
+        assert p == pytest.approx(torch.softmax(logits / t, 1)[0, pos].item(), abs=2e-6)
+    # A model calibrated before (zoom in its own views only) searches without it, as the plain model,
+    # and a log of its search is not resumed with the zoom view.
+    old_log = tmp_path / "old.jsonl"
+    old = dict(search(folder, load_model(zoom_model), min_probability=0.0, workers=0, output=old_log).matches)
+    with pytest.raises(BirdcnnError, match="another zoom view size"):
+        search(folder, clf, min_probability=0.0, workers=0, output=old_log, resume=True)
+    plain = dict(search(folder, load_model(tiny_model), min_probability=0.0, workers=0).matches)
+    assert old == pytest.approx(plain, abs=1e-6)
+    photo = str(folder / sorted((photos / "bird").glob("*.jpg"))[0].name)
+    thumb = str(folder / sorted((cifar_small / "test" / "cat").iterdir())[0].name)
+    assert got[thumb] == pytest.approx(plain[thumb], abs=1e-6) and got[photo] != pytest.approx(plain[photo], abs=1e-6)

@@ -69,8 +69,10 @@ def calibrate_and_measure(
     # Every set of test-time views gets its own temperature and threshold: averaging 6 views
     # sharpens the probabilities, so search's 2 views (or locate's 1) need their own.
     calibration = {}
+    # The zoom view is part of every multi-view set (search's flip pair too), the single view aside.
+    clf.zoom_tta = [m for m in TTA_MODES if m != "none" or clf.tta == "none"] if clf.zoom_size else []
     for mode in TTA_MODES:
-        logits = clf.logits(val.images, tta=mode, zoomed=mixed.val_zoomed).numpy()  # zoom: the model's views
+        logits = clf.logits(val.images, tta=mode, zoomed=mixed.val_zoomed).numpy()
         t = fit_temperature(logits, val.labels)
         probs = torch.softmax(torch.from_numpy(logits) / t, 1).numpy()
         threshold, rule = choose_threshold(val.labels == pos, probs[:, pos], groups, cfg.target_precision)
@@ -124,8 +126,9 @@ def calibrate_and_measure(
                        f"{info['photos']} validation photos ({info['positives']} {cfg.positive})")
                       if t is not None else "unreachable on validation photos: the decision threshold")}
         metrics["window_threshold"] = window["window_threshold"]
-    meta = {**clf.meta, "temperature": temperature, "threshold": threshold, "threshold_rule": rule,
-            "calibration": clf.calibration, **window,
+    meta = {**{k: v for k, v in clf.meta.items() if k != "zoom_tta"}, "temperature": temperature,
+            "threshold": threshold, "threshold_rule": rule, "calibration": clf.calibration, **window,
+            **({"zoom_tta": clf.zoom_tta} if clf.zoom_size else {}),
             "resize": "central square crop, bicubic (birdcnn.images.fit_square)",
             "training": {"command": command, "data": cfg.data, "data_fingerprint": mixed.train.fingerprint,
                          "sources": [i.as_dict() for i in mixed.infos],

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ImageError
-from .images import model_view, open_for_model
+from .images import model_view, open_for_model, zoom_view
 
 
 def model_views(im: Image.Image, size: int, crops: bool) -> np.ndarray:
@@ -26,19 +26,21 @@ def model_views(im: Image.Image, size: int, crops: bool) -> np.ndarray:
     return np.stack(views)
 
 
-def decode_chunk(paths: list[str], size: int, crops: bool) -> list[tuple[str, np.ndarray | str]]:
-    """One worker task: (path, its `model_views`) for each photo, or (path, problem) if unreadable."""
-    out: list[tuple[str, np.ndarray | str]] = []
+def decode_chunk(paths: list[str], size: int, crops: bool, zoom_size: int | None = None
+                 ) -> list[tuple[str, np.ndarray | str, np.ndarray | None]]:
+    """One worker task: (path, its `model_views`, the frame's zoom view at `zoom_size` px or None
+    (`images.zoom_view`: photos only)) for each photo, or (path, problem, None) if unreadable."""
+    out: list[tuple[str, np.ndarray | str, np.ndarray | None]] = []
     for p in paths:
         try:
             # Crops are half the frame, so decode at twice the input size; draft mode does the rest.
-            im = open_for_model(p, size, zoom=2 if crops else 1)  # as predict decodes
-            out.append((p, model_views(im, size, crops)))
+            im = open_for_model(p, max(size, zoom_size or 0), zoom=2 if crops else 1)  # as predict decodes
+            out.append((p, model_views(im, size, crops), zoom_view(im, size, zoom_size)))
         except ImageError as e:
             # The walk listed it, so a file that is not there is a link to nothing (checked only
             # on failure: no extra system calls per photo).
             broken = e.problem == "no such file" and os.path.islink(p)
-            out.append((p, "broken symbolic link" if broken else e.problem))
+            out.append((p, "broken symbolic link" if broken else e.problem, None))
     return out
 
 

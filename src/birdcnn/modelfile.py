@@ -119,6 +119,8 @@ _FIELDS = {
         m in TTA_MODES and isinstance(c, dict) and _is_number(c.get("temperature")) and c["temperature"] > 0
         and _is_number(c.get("threshold")) and 0 <= c["threshold"] <= 1 for m, c in v.items()),
         "{view set: {temperature > 0, threshold 0-1}} for view sets none, flip, flip-translate"),
+    "zoom_tta": (lambda v: isinstance(v, list) and all(m in TTA_MODES[1:] for m in v),
+                 "a list of view sets among flip, flip-translate"),
 }
 _REQUIRED = ("arch", "classes", "positive", "mean", "std", "input_size")
 
@@ -259,6 +261,9 @@ class Classifier:
         self.threshold: float = float(meta.get("threshold", 0.5))
         self.temperature: float = float(meta.get("temperature", 1.0))
         self.tta: str = meta.get("tta", "none")
+        # The view sets whose calibration averages in the zoom view: every multi-view set since
+        # search scores a 48-px flip pair too; files calibrated before then, the model's own alone.
+        self.zoom_tta: list[str] = list(meta.get("zoom_tta", [self.tta])) if self.zoom_size else []
         # Temperature and threshold per set of test-time views (see `calibrate`): search's 2 views
         # and locate's 1 are less sharp than 6. The top-level values are those of `tta`.
         self.calibration: dict[str, dict] = dict(meta.get("calibration", {}))
@@ -296,12 +301,12 @@ class Classifier:
         """Raw (uncalibrated) float32 logits, averaged over the model's test-time views (`tta`:
         "none", "flip" or "flip-translate").
 
-        `zoomed`: the photos' views at the model's `zoom_size` (`images.load_views`). With the
-        model's own views their flip pair is averaged in, half and half: part of the model's views,
-        and calibrated so; the lighter view sets (search's, locate's) leave it out."""
+        `zoomed`: the photos' views at the model's `zoom_size` (`images.load_views`). With the view
+        sets in `zoom_tta` their flip pair is averaged in, half and half: part of those views, and
+        calibrated so; the single view (locate's) leaves it out."""
         tta = self.tta if tta is None else tta
         y = self._logits(images, batch_size, tta)
-        if zoomed is not None and self.zoom_size and tta == self.tta and len(zoomed[0]):
+        if zoomed is not None and tta in self.zoom_tta and len(zoomed[0]):
             idx, views = zoomed
             if views.shape[1:3] != (self.zoom_size, self.zoom_size):
                 raise ValueError(f"zoom views must be {self.zoom_size} px, not {views.shape[1]}")
@@ -336,19 +341,26 @@ class Classifier:
 
     @torch.no_grad()
     def flip_pair_where_close(self, images: np.ndarray, indices: list[int], floor: float,
-                              batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+                              zoomed: Zoomed | None = None, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
         """The flip pair's calibrated probabilities for the images whose single view gives classes
         `indices` together at least `floor`; the others keep the single view's own calibrated
         probabilities. Returns (probabilities (N, num_classes), which images were mirrored (N,)).
+        `zoomed`: the images' zoom views, whose flip pair is averaged in as `logits` does.
 
-        A search mostly meets photos far from its class, and for those the mirror image is network
-        work that changes no decision (search.MIRROR_MARGIN says how far is far)."""
+        A search mostly meets photos far from its class, and for those the mirror image (and the
+        zoom view) is network work that changes no decision (search.MIRROR_MARGIN says how far)."""
         single = self._logits(images, batch_size, "none")
         probs = torch.softmax(single / self.temperature_for("none"), 1)
         close = (probs[:, indices].sum(1) >= floor).numpy()
         if close.any():
             mirror = self._logits(np.ascontiguousarray(images[close][:, :, ::-1]), batch_size, "none")
             pair = 0.5 * (single[torch.as_tensor(close)] + mirror)
+            if zoomed is not None and "flip" in self.zoom_tta:
+                idx, views = zoomed
+                near = close[idx]
+                if near.any():
+                    at = torch.as_tensor(np.cumsum(close)[idx[near]] - 1)  # their rows in `pair`
+                    pair[at] = 0.5 * (pair[at] + self._logits(views[near], batch_size, "flip"))
             probs[torch.as_tensor(close)] = torch.softmax(pair / self.temperature_for("flip"), 1)
         return probs.numpy(), close
 

@@ -3,7 +3,8 @@
 The pipeline streams, so memory stays flat however large the collection is:
 
     walk (walk.py: main process, sorted, symlink loops reported) -> chunks of paths
-      -> worker processes decode only the pixels needed (JPEG draft mode) to the model's views (decode_workers.py)
+      -> worker processes decode only the pixels needed (JPEG draft mode) to the model's views and
+         a photo's zoom view (decode_workers.py)
       -> main process scores batches of views with the network
       -> one flushed JSON line per photo in the log (search_log.py), matches kept as (path, probability)
 
@@ -135,10 +136,12 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     `crops` the largest over the whole frame, the four quadrants and the centre. Photos with
     probability >= `min_probability` (default: the model's threshold) are the matches.
     `progress`: None shows a bar only when stderr is a terminal. Each view is scored with
-    its mirror image averaged in where that can matter: a view `MIRROR_MARGIN` log-odds or more
-    below `min_probability` keeps its single score (with that view's own calibration), so every
-    decision is the flip pair's for less network work (`tta=False`: one view for all). `predict`
-    may average more views (the model's `tta`), so probabilities can differ slightly from it.
+    its mirror image averaged in where that can matter, and for a photo (not a thumbnail) the
+    flip pair of its frame at the model's `zoom_size` too (where the model is calibrated for it:
+    `Classifier.zoom_tta`): a view `MIRROR_MARGIN` log-odds or more below `min_probability` keeps
+    its single score (with that view's own calibration), so every decision is the full view set's
+    for less network work (`tta=False`: one view for all). `predict` may average more views (the
+    model's `tta`), so probabilities can differ slightly from it.
     Ctrl-C stops cleanly: the result says `interrupted` and holds everything scored until then.
 
     `output`: the JSON-lines log (search_log.py), resumed with `resume`. `shard`: score only that
@@ -155,6 +158,9 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     # At most the flip pair: a model's 6-view TTA would triple the network's share of the time
     # for a gain in the third decimal (docs/RESULTS.md). Its own temperature and threshold apply.
     views_mode = "flip" if tta and model.tta != "none" else "none"
+    # Photos' zoom view (a 48-px flip pair of the frame), where the model's flip calibration has it:
+    # worth 0.03-0.04 bird AP on validation photos (docs/RESULTS.md), for photos near the threshold only.
+    zoom_size = model.zoom_size if views_mode == "flip" and "flip" in model.zoom_tta else None
     if min_probability is None:
         min_probability = model.default_min_probability(ci, views_mode)
     result = SearchResult(folder, target, float(min_probability), shard=str(shard) if shard else None)
@@ -164,7 +170,7 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     if output is not None:
         header = {"format": LOG_FORMAT, "folder": folder, "root": os.path.realpath(folder),
                   "model": model.meta.get("weights_sha256", ""), "class": target, "crops": bool(crops),
-                  "tta": views_mode, "boxes": bool(boxes), "shard": result.shard,
+                  "tta": views_mode, "zoom": zoom_size, "boxes": bool(boxes), "shard": result.shard,
                   "min_probability": round(float(min_probability), 6), "version": __version__}
         log = ResultLog(output, header, resume)
         result.resumed = len(log.done)
@@ -177,6 +183,8 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     import torch
     from tqdm import tqdm
 
+    from .modelfile import stack_zoomed
+
     workers = (os.cpu_count() or 1) if workers is None else workers
     pool = (multiprocessing.Pool(workers, initializer=worker_init) if workers > 0 else InProcessPool())
     # Decoding is most of the work and has the cores; the network gets what is left (at least
@@ -187,21 +195,26 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     bar = tqdm(unit=" photos", desc="searching", disable=None if progress is None else not progress,
                file=sys.stderr, smoothing=0.1)
     pending: deque = deque()
-    batch: list[tuple[str, np.ndarray]] = []
+    batch: list[tuple[str, np.ndarray, np.ndarray | None]] = []  # (path, its views, its zoom view)
     start = time.perf_counter()
     # The first Ctrl-C stops after the batch being scored, so the results file, the list and the counts agree.
     stop = StopOnCtrlC()
 
-    def score(batch: list[tuple[str, np.ndarray]]) -> None:
-        views = np.concatenate([v for _, v in batch])
+    def score(batch: list[tuple[str, np.ndarray, np.ndarray | None]]) -> None:
+        views = np.concatenate([v for _, v, _ in batch])
         if views_mode == "flip":
-            probs, mirrored = model.flip_pair_where_close(views, ci, floor)
+            # A photo's zoom view belongs with its first view, the whole frame.
+            first = np.cumsum([0] + [len(v) for _, v, _ in batch[:-1]])
+            zoomed = stack_zoomed([z for _, _, z in batch])
+            if zoomed is not None:
+                zoomed = (first[zoomed[0]], zoomed[1])
+            probs, mirrored = model.flip_pair_where_close(views, ci, floor, zoomed)
             result.mirrored += int(mirrored.sum())
         else:
             probs = model.probabilities(views, tta="none")
         wanted = probs[:, ci].sum(1)  # several words: any of them
         at = 0
-        for path, v in batch:
+        for path, v, _ in batch:
             if boxes and stop.set:  # locating takes about a second a match: Ctrl-C does not wait for the batch
                 break
             best = at + int(wanted[at:at + len(v)].argmax())  # the view that scored highest
@@ -216,14 +229,14 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
             bar.update(1)
         bar.set_postfix(matched=len(result.matches), failed=len(result.failed), refresh=False)
 
-    def collect(decoded: list[tuple[str, np.ndarray | str]]) -> None:
-        for path, v in decoded:
+    def collect(decoded: list[tuple[str, np.ndarray | str, np.ndarray | None]]) -> None:
+        for path, v, zoom in decoded:
             if isinstance(v, str):
                 result.failed.append(FileProblem(path, v))
                 if log:
                     log.write({"path": path, "error": v})
             else:
-                batch.append((path, v))
+                batch.append((path, v, zoom))
         if len(batch) >= BATCH:
             score(batch)
             batch.clear()
@@ -234,7 +247,7 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
         with stop:
             # Keep a few chunks per worker in flight: workers never wait, and memory stays bounded.
             for chunk in _chunks(folder, done, result, shard):
-                pending.append(pool.apply_async(decode_chunk, (chunk, model.input_size, crops)))
+                pending.append(pool.apply_async(decode_chunk, (chunk, model.input_size, crops, zoom_size)))
                 if len(pending) > 3 * max(workers, 1):
                     collect(pending.popleft().get())
                 if stop.set:

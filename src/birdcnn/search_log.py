@@ -2,8 +2,9 @@
 and what the other outputs (CSV, MegaDetector JSON) and `--merge` are rendered from.
 
 Line 1 is a header naming the search: {"format": "birdcnn-search", "folder", "root", "model",
-"class", "crops", "tta", "boxes", "shard", "min_probability", "version"} (the last four since
-shards and formats; older logs read as boxes false, no shard, no min probability). Then one
+"class", "crops", "tta", "zoom", "boxes", "shard", "min_probability", "version"} (boxes, shard and
+min_probability since shards and formats, zoom since search's zoom view: older logs read as boxes
+false, no shard, no min probability, no zoom view). Then one
 line per photo, flushed as it is scored: {"path", "probability", "top", "top_probability"} (with
 `--boxes`, a match also has "size" [w, h] and "boxes" [{"box": [x0, y0, x1, y1], "probability"}]
 in photo pixels), or {"path", "error"}. A failure retried by --resume appears twice: the last
@@ -26,12 +27,13 @@ LOG_FORMAT = "birdcnn-search"
 # written before the field was recorded).
 SETTINGS: dict[str, tuple[str, object]] = {
     "root": ("folder", None), "model": ("model", None), "class": ("class", None),
-    "crops": ("--crops setting", False), "tta": ("--no-tta setting", None), "boxes": ("--boxes setting", False),
+    "crops": ("--crops setting", False), "tta": ("--no-tta setting", None), "zoom": ("zoom view size", None),
+    "boxes": ("--boxes setting", False),
     "shard": ("--shard", None), "min_probability": ("--min-probability", None),
 }
 # --resume may change the min probability (matches are recomputed from the probabilities),
 # except with --boxes: it decided which photos were located.
-RESUME_KEYS = ("root", "model", "class", "crops", "tta", "boxes", "shard")
+RESUME_KEYS = ("root", "model", "class", "crops", "tta", "zoom", "boxes", "shard")
 
 
 def setting(header: dict, key: str) -> object:
