@@ -45,10 +45,10 @@ if TYPE_CHECKING:
 CHUNK = 64             # photos per worker task: large enough to amortise inter-process overhead
 BATCH = 256            # photos per network batch
 # A view whose single score for the class is this many log-odds below the threshold is not
-# scored again mirrored. Mirroring raised the bird log-odds of 24,597 test images (CIFAR-10,
-# realphotos, Tiny ImageNet, Caltech-101, natural images, the 40 photos) by at most 4.2, so no
-# decision changes, and on a library of mostly other things the network does ~1.2 views a photo,
-# not 2 (docs/RESULTS.md, "Search speed").
+# scored again mirrored (nor at the zoom size). The full view set raised the bird log-odds of
+# 24,597 test images (CIFAR-10, realphotos, Tiny ImageNet, Caltech-101, natural images, the 40
+# photos) over the single view by at most 4.7, so no decision changes, and on a library of mostly
+# other things the network does a fraction of the work (docs/RESULTS.md, "Search speed").
 MIRROR_MARGIN = 6.0
 
 

@@ -57,8 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(in --format, or as OUT's suffix says); refuses logs of different searches, or a shard "
                         "twice or missing")
     p.add_argument("--no-tta", action="store_true",
-                   help="score each photo once, never mirrored (by default photos near the threshold are also "
-                        "scored mirrored, averaged): 1.1-1.2x faster on CPU, a little less accurate")
+                   help="score each photo once, never mirrored nor zoomed (by default photos near the threshold "
+                        "are also scored mirrored and, if larger than the view, at the model's zoom size, averaged): "
+                        "up to 2.2x faster on CPU (docs/RESULTS.md), less accurate on varied photos")
     p.add_argument("--crops", action="store_true",
                    help="also score the four quadrants and the centre, keep the highest "
                         "(finds small birds; ~6x the network work)")
