@@ -457,6 +457,7 @@ BAD_METADATA = {
     "window_scoring: even neighbourhood": ({"window_scoring": {"neighbourhood": 2, "whole_frame": 1.0}},
                                            "'window_scoring' must be {neighbourhood: 1, 3, 5 or 7"),
     "window_scoring: missing key": ({"window_scoring": {"neighbourhood": 3}}, "'window_scoring' must be"),
+    "zoom_tta: unknown view set": ({"zoom_tta": ["flip", "rotate"]}, "'zoom_tta' must be a list of view sets"),
 }
 
 

@@ -119,8 +119,8 @@ _FIELDS = {
         m in TTA_MODES and isinstance(c, dict) and _is_number(c.get("temperature")) and c["temperature"] > 0
         and _is_number(c.get("threshold")) and 0 <= c["threshold"] <= 1 for m, c in v.items()),
         "{view set: {temperature > 0, threshold 0-1}} for view sets none, flip, flip-translate"),
-    "zoom_tta": (lambda v: isinstance(v, list) and all(m in TTA_MODES[1:] for m in v),
-                 "a list of view sets among flip, flip-translate"),
+    "zoom_tta": (lambda v: isinstance(v, list) and all(m in TTA_MODES for m in v),
+                 "a list of view sets among none, flip, flip-translate"),
 }
 _REQUIRED = ("arch", "classes", "positive", "mean", "std", "input_size")
 

@@ -159,7 +159,7 @@ def search(folder: str | os.PathLike, model: "Classifier", target: str | None = 
     # for a gain in the third decimal (docs/RESULTS.md). Its own temperature and threshold apply.
     views_mode = "flip" if tta and model.tta != "none" else "none"
     # Photos' zoom view (a 48-px flip pair of the frame), where the model's flip calibration has it:
-    # worth 0.03-0.04 bird AP on validation photos (docs/RESULTS.md), for photos near the threshold only.
+    # worth 0.02-0.09 bird AP on varied photos (docs/RESULTS.md), for photos near the threshold only.
     zoom_size = model.zoom_size if views_mode == "flip" and "flip" in model.zoom_tta else None
     if min_probability is None:
         min_probability = model.default_min_probability(ci, views_mode)
