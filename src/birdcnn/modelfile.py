@@ -307,12 +307,16 @@ class Classifier:
         tta = self.tta if tta is None else tta
         y = self._logits(images, batch_size, tta)
         if zoomed is not None and tta in self.zoom_tta and len(zoomed[0]):
-            idx, views = zoomed
-            if views.shape[1:3] != (self.zoom_size, self.zoom_size):
-                raise ValueError(f"zoom views must be {self.zoom_size} px, not {views.shape[1]}")
-            zoom = self._logits(views, batch_size, "none" if tta == "none" else "flip")
-            y[torch.as_tensor(idx)] = 0.5 * (y[torch.as_tensor(idx)] + zoom)
+            self._average_zoom(y, *zoomed, batch_size, tta)
         return y
+
+    def _average_zoom(self, y: torch.Tensor, idx: np.ndarray, views: np.ndarray, batch_size: int, tta: str) -> None:
+        """Average the zoom `views`' logits (their flip pair; one view with `tta` "none") into rows
+        `idx` of `y`, half and half, in place."""
+        if views.shape[1:3] != (self.zoom_size, self.zoom_size):
+            raise ValueError(f"zoom views must be {self.zoom_size} px, not {views.shape[1]}")
+        rows = torch.as_tensor(idx)
+        y[rows] = 0.5 * (y[rows] + self._logits(views, batch_size, "none" if tta == "none" else "flip"))
 
     def _logits(self, images: np.ndarray | torch.Tensor, batch_size: int, tta: str) -> torch.Tensor:
         if tta not in TTA_MODES:
@@ -358,9 +362,8 @@ class Classifier:
             if zoomed is not None and "flip" in self.zoom_tta:
                 idx, views = zoomed
                 near = close[idx]
-                if near.any():
-                    at = torch.as_tensor(np.cumsum(close)[idx[near]] - 1)  # their rows in `pair`
-                    pair[at] = 0.5 * (pair[at] + self._logits(views[near], batch_size, "flip"))
+                if near.any():  # their rows in `pair`: a running count of the close images
+                    self._average_zoom(pair, np.cumsum(close)[idx[near]] - 1, views[near], batch_size, "flip")
             probs[torch.as_tensor(close)] = torch.softmax(pair / self.temperature_for("flip"), 1)
         return probs.numpy(), close
 
