@@ -114,6 +114,8 @@ def main() -> None:
             is_bird = np.array([canonical_class(test.classes[c]) == clf.positive for c in test.labels])
             found["test"][name] = (is_bird, logits_of(
                 lambda size: (test if size == base else D.load_split(recorded_source(spec), "test", size)).images))
+    if not found["val"]:
+        raise SystemExit(f"no training source with birds among {args.sources or cfg['data']}")
     if args.test:
         paths = sorted((SHARED / "photos").glob("*/*"))
         found["test"]["photos"] = (np.array([p.parent.name == clf.positive for p in paths]), logits_of(
