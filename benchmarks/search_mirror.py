@@ -52,13 +52,10 @@ def main() -> None:
         is_bird = np.array([canonical_class(c) == clf.positive for c in src.classes])
         a, b, y = [], [], []
         for images, labels, _, zoomed in src:
-            # The passes search makes (Classifier.flip_pair_where_close): the view, then the view
-            # mirrored and the zoom view's flip pair.
+            # What search scores (Classifier.flip_pair_where_close): the view alone, and where it is
+            # close, the flip pair with the zoom view's (the model's own rule, as `logits` averages it).
             a.append(clf.logits(images, tta="none"))
-            b.append(0.5 * (a[-1] + clf.logits(np.ascontiguousarray(images[:, :, ::-1]), tta="none")))
-            if zoomed is not None:
-                idx = torch.as_tensor(zoomed[0])
-                b[-1][idx] = 0.5 * (b[-1][idx] + clf.logits(zoomed[1], tta="flip"))
+            b.append(clf.logits(images, tta="flip", zoomed=zoomed if zoom_size else None))
             y.append(is_bird[labels])
         a, b = torch.cat(a), torch.cat(b)
         single[name] = torch.softmax(a / t1, 1)[:, clf.positive_index]
