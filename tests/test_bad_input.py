@@ -11,6 +11,7 @@ import html
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -425,6 +426,23 @@ def test_usage_only_without_a_command(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--help"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: birdcnn train")
+
+
+def test_top_level_help_lists_every_command_without_loading_torch():
+    """`birdcnn --help` and `--version` answer at once: no command's module (torch, ~3 s) is loaded."""
+    from birdcnn.cli import COMMANDS
+
+    code = ("import sys\nfrom birdcnn.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('torch loaded:', 'torch' in sys.modules)")
+    out = {}
+    for flag in ("--help", "--version"):
+        r = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stderr == "" and r.stdout.endswith("torch loaded: False\n"), r
+        out[flag] = r.stdout
+    assert out["--version"].startswith(f"birdcnn {birdcnn.__version__}\n")
+    listed = out["--help"].split("positional arguments:")[1]
+    assert all(re.search(rf"^ +{re.escape(name)}(\s|$)", listed, re.M) for name in COMMANDS), listed
 
 
 SHIPPED_CLASSES = read_metadata(default_model_path())["classes"]
