@@ -33,7 +33,7 @@ from .errors import BirdcnnError, DataError, TrainingInterrupted
 from .heap import reuse_freed_memory
 from .interrupts import StopOnCtrlC
 from .mining import HardMining
-from .modelfile import Classifier, pick_device, save_model
+from .modelfile import Classifier, default_model_path, load_model, pick_device, read_metadata, save_model
 from .models import HEAD_SCALE, build
 from .muon import MuonSGD
 from .runs import default_run_dir
@@ -122,6 +122,8 @@ class TrainConfig:
     preset: str | None = None           # a PRESETS entry: fills the fields left unset
     optimizer: str | None = None        # "muon" for the fast networks; default: the recipe's
     lookahead: bool | None = None       # airbench's weight averaging (`Lookahead`); default: the recipe's
+    init: str | None = None             # fine-tuning: start from this model's weights ("default": the shipped one)
+    init_sha256: str | None = None      # the sha256 of the weights it started from (set when the run starts)
     recipe: dict = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
@@ -232,6 +234,60 @@ def prepare_data(cfg: TrainConfig) -> S.Mixed:
         mixed.train, mixed.val = D.to_binary(mixed.train, cfg.positive), D.to_binary(mixed.val, cfg.positive)
         mixed.tests = [(n, D.to_binary(t, cfg.positive) if t is not None else None) for n, t in mixed.tests]
     return mixed
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+def init_model_path(spec: str) -> Path:
+    """--init's model: "default" is the model shipped in the package; anything else a path as --model takes."""
+    return default_model_path() if spec == "default" else Path(spec)
+
+
+def init_settings(spec: str) -> dict:
+    """The network settings of the model `spec` names, which a run that starts from it takes
+    unless told otherwise: arch, widths, stem_stride, input_size, zoom_size (None: not set)."""
+    meta = read_metadata(init_model_path(spec))
+    kw = meta.get("arch_kwargs", {})
+    return {"arch": meta["arch"], "widths": kw.get("widths"), "stem_stride": kw.get("stem_stride"),
+            "input_size": meta["input_size"], "zoom_size": meta.get("zoom_size")}
+
+
+def _head(net: torch.nn.Module) -> str:
+    """The name prefix of the network's last layer, whose rows are the classes."""
+    return [name for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)][-1] + "."
+
+
+def load_init(cfg: TrainConfig) -> Classifier:
+    """The model `cfg.init` names, checked to be the network this run trains (all but the last
+    layer, which the run's classes shape)."""
+    init = load_model(init_model_path(cfg.init), device="cpu")
+    stride = init.meta.get("arch_kwargs", {}).get("stem_stride", 1)
+    if (init.meta["arch"], stride) != (cfg.arch, cfg.stem_stride):
+        raise BirdcnnError(f"--init {cfg.init}: a {init.meta['arch']!r} network at stem stride {stride}, "
+                           f"not the {cfg.arch!r} network at stem stride {cfg.stem_stride} this run trains")
+    ours = build(cfg.arch, len(init.classes), **cfg.arch_kwargs()).state_dict()
+    for name, t in init.net.state_dict().items():
+        if ours[name].shape != t.shape:
+            raise BirdcnnError(f"--init {cfg.init}: its network does not fit this run's ({name}: {tuple(t.shape)} "
+                               f"there, {tuple(ours[name].shape)} here; --widths must be the model's)")
+    return init
+
+
+@torch.no_grad()
+def start_from(net: torch.nn.Module, init: Classifier, classes: list[str]) -> int:
+    """Copy `init`'s weights (from `load_init`) into `net`: every layer as it is (the BatchNorm
+    statistics and the whitening filters too), the last layer one row per class, matched by name;
+    a class the model does not know keeps its fresh start. Returns how many of `classes` it knew."""
+    head = _head(net)
+    rows = [(i, init.classes.index(c)) for i, c in enumerate(classes) if c in init.classes]
+    source = init.net.state_dict()
+    for name, t in net.state_dict().items():
+        if name.startswith(head):
+            for i, j in rows:
+                t[i] = source[name][j].to(t.device)
+        else:
+            t.copy_(source[name])
+    return len(rows)
 
 
 # ---------------------------------------------------------------- optimisation
@@ -502,6 +558,7 @@ def _peer_lost(e: Exception) -> bool:
 def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks: distributed.Ranks,
          device: torch.device, on_epoch: Callable | None) -> Path:
     torch.manual_seed(cfg.seed)
+    init = load_init(cfg) if cfg.init and ckpt is None else None  # before the data: a wrong file fails fast
     mixed = prepare_data(cfg)
     train_ds, val_ds, classes = mixed.train, mixed.val, mixed.train.classes
     if ranks.main:
@@ -510,7 +567,12 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
         print(f"data: {len(train_ds)} training images {described} from {len(mixed.infos)} source(s), "
               f"{len(val_ds)} validation" + (f", {n_test} test" if n_test else "")
               + (f"; {ranks.world} processes" if ranks.parallel else ""), file=sys.stderr)
-    norm = json.loads(ckpt["norm"]) if ckpt is not None else data_norm(train_ds.images)
+    if ckpt is not None:
+        norm = json.loads(ckpt["norm"])
+    elif init is not None:  # the weights expect the inputs normalised as they were trained
+        norm = {"mean": init.meta["mean"], "std": init.meta["std"]}
+    else:
+        norm = data_norm(train_ds.images)
     inputs = Inputs(mixed, cfg, device, norm)
     use_bf16 = cfg.bf16 and fast_bf16(device)
     if ranks.main:
@@ -521,7 +583,13 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     net = build(cfg.arch, len(classes), **cfg.arch_kwargs()).to(device)
-    if hasattr(net, "init_whitening") and ckpt is None:
+    if init is not None:
+        known = start_from(net, init, classes)
+        cfg.init_sha256 = init.meta.get("weights_sha256")
+        if ranks.main:
+            print(f"starting from {cfg.init} ({len(init.classes)} classes): "
+                  f"{known} of this run's {len(classes)} classes known to it", file=sys.stderr)
+    elif hasattr(net, "init_whitening") and ckpt is None:
         net.init_whitening(inputs.whitening_sample(cfg.seed))
     net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net, cfg)

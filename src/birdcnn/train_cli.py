@@ -19,7 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-weights", type=positive_float, nargs="+", metavar="W",
                    help="one per --data: a source of weight W is drawn W times as often as its size implies "
                         "(default 1 each)")
-    p.add_argument("--arch", choices=sorted(ARCHITECTURES), help="network (default: fast)")
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), help="network (default: fast, or the --init model's)")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune: start from a trained model's weights ('default': the shipped model; or a run "
+                        "folder or NAME.json), not from scratch. Its network, view sizes and normalisation are "
+                        "kept; each class starts from its row for the class of the same name, if it has one")
     p.add_argument("--classes", choices=["all", "binary"],
                    help="learn every class, or positive-vs-rest (default: per arch)")
     p.add_argument("--positive", default="bird", help="the positive class (default: bird)")
@@ -59,8 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="choose the finished run's temperature and thresholds in --out again on its validation split "
                         "(e.g. with another --target-precision); the weights are untouched")
     add_device_argument(p)
-    p.add_argument("--input-size", type=positive_int, default=32, metavar="PX",
-                   help="the model's view of an image, in pixels (default 32; CIFAR-10's thumbnails are upsampled)")
+    p.add_argument("--input-size", type=positive_int, metavar="PX",
+                   help="the model's view of an image, in pixels (default 32, or the --init model's; CIFAR-10's "
+                        "thumbnails are upsampled)")
     p.add_argument("--zoom-size", type=non_negative_int, metavar="PX",
                    help="photos larger than the view are also seen at PX (a second view of the same decode, "
                         "averaged in by predict and evaluate; e.g. 48 for a 40-px view); with --recalibrate: "
@@ -102,7 +107,7 @@ def augment_overrides(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from .errors import BirdcnnError
-    from .train import TrainConfig, recalibrate, train
+    from .train import TrainConfig, init_settings, recalibrate, train
 
     if args.recalibrate:
         if not args.out:
@@ -117,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         raise BirdcnnError("--mix-p needs --mix (cutmix, mixup or both)")
     if args.resume:
         ignored = [f"--{k.replace('_', '-')}"
-                   for k in ("data", "arch", "classes", "epochs", "batch_size", "lr", "optimizer", "extra_positive",
+                   for k in ("data", "init", "arch", "classes", "epochs", "batch_size", "lr", "optimizer",
+                             "extra_positive",
                              "preset", "start_size", "start_epochs", "widths", "stem_stride", "zoom_size",
                              "hard_mining", "mix", "mix_p", "lookahead")
                    if getattr(args, k) is not None]
@@ -127,9 +133,16 @@ def run(args: argparse.Namespace) -> int:
     if args.device != "auto":  # checked before any data is loaded: a missing GPU is one line now, not a traceback later
         check_device(args.device)
     data = args.data or [""]
+    # A fine-tuning run takes the network settings of the model it starts from, unless told otherwise.
+    init = init_settings(args.init) if args.init and not args.resume else {}
+    if init and args.arch not in (None, init["arch"]):
+        raise BirdcnnError(f"--init {args.init} is a {init['arch']!r} network: --arch {args.arch} cannot start from it")
+    zoom = args.zoom_size if args.zoom_size is not None else init.get("zoom_size")
     cfg = TrainConfig(data=data[0] if len(data) == 1 else data, source_weights=args.source_weights,
-                      arch=args.arch or TrainConfig.arch, widths=args.widths,
-                      stem_stride=args.stem_stride or TrainConfig.stem_stride, classes=args.classes,
+                      init=args.init, arch=args.arch or init.get("arch") or TrainConfig.arch,
+                      widths=args.widths or init.get("widths"),
+                      stem_stride=args.stem_stride or init.get("stem_stride") or TrainConfig.stem_stride,
+                      classes=args.classes,
                       positive=args.positive,
                       extra_positive=args.extra_positive, balance=args.balance,
                       balance_negatives=args.balance_negatives, hard_mining=args.hard_mining or 0.0,
@@ -138,9 +151,10 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, lr=args.lr, label_smoothing=args.label_smoothing,
                       augment=augment_overrides(args), val_size=args.val_size, seed=args.seed, out=args.out,
                       device=None if args.device == "auto" else args.device, bf16=args.bf16,
-                      input_size=args.input_size, start_size=args.start_size, start_epochs=args.start_epochs,
+                      input_size=args.input_size or init.get("input_size") or TrainConfig.input_size,
+                      start_size=args.start_size, start_epochs=args.start_epochs,
                       preset=args.preset, optimizer=args.optimizer, lookahead=args.lookahead,
-                      zoom_size=args.zoom_size or None,
+                      zoom_size=zoom or None,
                       **({} if args.target_precision is None else {"target_precision": args.target_precision}))
     train(cfg, resume=args.resume, command="birdcnn " + shlex.join(args._argv))
     return 0
