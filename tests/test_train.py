@@ -454,6 +454,7 @@ def test_fine_tuning_the_shipped_model_keeps_what_it_knows(cifar_small, tmp_path
 
 @pytest.mark.parametrize("args, words", [
     (["--init", "missing"], "missing.json: model metadata not found"),
+    (["--init", "birds.onnx"], "--init birds.onnx: an ONNX export holds no trainable weights"),
     (["--init", "default", "--arch", "tiny"], "--init default is a 'fast' network: --arch tiny cannot start from it"),
     (["--init", "default", "--widths", "32", "64", "64"], "--init default: its network does not fit this run's"),
 ])

@@ -246,6 +246,9 @@ def init_model_path(spec: str) -> Path:
 def init_settings(spec: str) -> dict:
     """The network settings of the model `spec` names, which a run that starts from it takes
     unless told otherwise: arch, widths, stem_stride, input_size, zoom_size (None: not set)."""
+    if spec.endswith(".onnx"):
+        raise BirdcnnError(f"--init {spec}: an ONNX export holds no trainable weights; give the model it was "
+                           "exported from (NAME.json beside NAME.safetensors, or its run folder)")
     meta = read_metadata(init_model_path(spec))
     kw = meta.get("arch_kwargs", {})
     return {"arch": meta["arch"], "widths": kw.get("widths"), "stem_stride": kw.get("stem_stride"),
