@@ -22,7 +22,7 @@ from birdcnn.data import CIFAR10_CLASSES, load_split
 from birdcnn.devices import fast_bf16
 from birdcnn.images import load_for_model
 from birdcnn.modelfile import _sha256, load_model
-from birdcnn.models import build
+from birdcnn.models import build, head_name
 
 # 500 training images (100 of the 600 held out for validation), batches of 50: 10 steps an epoch.
 # On the CPU, so that runs are bit-for-bit reproducible (GPU convolutions need not be).
@@ -422,7 +422,7 @@ def test_start_from_copies_every_layer_and_the_rows_of_classes_by_name(tiny_mode
     net = build("tiny", len(classes))
     fresh = {k: v.clone() for k, v in net.state_dict().items()}
     assert start_from(net, init, classes) == 1
-    head = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    head = head_name(net)
     src, got = init.net.state_dict(), net.state_dict()
     for name, t in got.items():
         if name.startswith(head + "."):

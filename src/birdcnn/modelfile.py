@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save
 from .atomic import write_bytes, write_text
 from .devices import fast_bf16
 from .errors import BirdcnnError, ModelFileError
-from .models import ARCHITECTURES, build
+from .models import ARCHITECTURES, build, head_name
 
 FORMAT = "birdcnn-model"
 FORMAT_VERSION = 1
@@ -164,8 +164,8 @@ def check_metadata(meta: dict, where: str | Path) -> dict:
 def _load_weights(net: torch.nn.Module, state: dict, meta: dict, json_path: Path) -> None:
     """Load `state` into `net`, refusing metadata the weights contradict: a class count other than
     the network's outputs, or an input size it cannot take (a dry forward pass on a blank image)."""
-    heads = [name for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
-    weight = state.get(f"{heads[-1]}.weight") if heads else None
+    head = head_name(net)
+    weight = state.get(f"{head}.weight") if head else None
     n = len(meta["classes"])
     if weight is not None and weight.ndim == 2 and weight.shape[0] != n:
         raise ModelFileError(json_path, f"metadata 'classes' names {n} classes "

@@ -27,6 +27,12 @@ def build(arch: str, num_classes: int, **kwargs) -> nn.Module:
     return ARCHITECTURES[arch](num_classes=num_classes, **kwargs)
 
 
+def head_name(net: nn.Module) -> str | None:
+    """The name of the network's last linear layer, whose rows are its classes (None: it has none)."""
+    names = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else None
+
+
 # ---------------------------------------------------------------- the article's network
 
 @register("article")

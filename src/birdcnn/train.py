@@ -34,7 +34,7 @@ from .heap import reuse_freed_memory
 from .interrupts import StopOnCtrlC
 from .mining import HardMining
 from .modelfile import Classifier, default_model_path, load_model, pick_device, read_metadata, save_model
-from .models import HEAD_SCALE, build
+from .models import HEAD_SCALE, build, head_name
 from .muon import MuonSGD
 from .runs import default_run_dir
 
@@ -255,11 +255,6 @@ def init_settings(spec: str) -> dict:
             "input_size": meta["input_size"], "zoom_size": meta.get("zoom_size")}
 
 
-def _head(net: torch.nn.Module) -> str:
-    """The name prefix of the network's last layer, whose rows are the classes."""
-    return [name for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)][-1] + "."
-
-
 def load_init(cfg: TrainConfig) -> Classifier:
     """The model `cfg.init` names, checked to be the network this run trains (all but the last
     layer, which the run's classes shape)."""
@@ -281,7 +276,7 @@ def start_from(net: torch.nn.Module, init: Classifier, classes: list[str]) -> in
     """Copy `init`'s weights (from `load_init`) into `net`: every layer as it is (the BatchNorm
     statistics and the whitening filters too), the last layer one row per class, matched by name;
     a class the model does not know keeps its fresh start. Returns how many of `classes` it knew."""
-    head = _head(net)
+    head = f"{head_name(net)}."
     rows = [(i, init.classes.index(c)) for i, c in enumerate(classes) if c in init.classes]
     source = init.net.state_dict()
     for name, t in net.state_dict().items():
