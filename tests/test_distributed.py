@@ -85,6 +85,40 @@ def _replica_worker(rank: int, port: int, perturb: bool, out: list) -> None:
         distributed.stop(ranks)
 
 
+def _wrapper_worker(rank: int, port: int, out) -> None:
+    import gc
+    import weakref
+
+    from birdcnn import distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    gc.disable()  # as when nothing else allocates: only `stop` may collect the wrapper
+    ranks = distributed.from_env()
+    device = distributed.start(ranks, torch.device("cpu"))
+
+    def train_step() -> weakref.ref:
+        model = distributed.wrap(torch.nn.Linear(4, 2), ranks, device)
+        model(torch.randn(3, 4)).sum().backward()
+        return weakref.ref(model)
+
+    wrapper = train_step()
+    alive = wrapper() is not None
+    distributed.stop(ranks)
+    out.put((rank, (alive, wrapper() is not None)))
+
+
+def test_stop_frees_the_ddp_wrapper_before_the_group_goes():
+    """The wrapper survives its scope (a reference cycle); `stop` collects it, so the process
+    group is not torn down at interpreter exit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    q = mp.get_context("spawn").Queue()
+    mp.start_processes(_wrapper_worker, args=(port, q), nprocs=2, start_method="spawn")
+    assert dict(q.get(timeout=60) for _ in range(2)) == {0: (True, False), 1: (True, False)}
+
+
 @pytest.mark.parametrize("perturb", [False, True])
 def test_replica_check_sees_a_difference_of_one_weight(perturb):
     with socket.socket() as s:

@@ -11,6 +11,7 @@ alone prints, validates and writes files. BatchNorm statistics are per rank duri
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -112,5 +113,11 @@ def leave_together(ranks: Ranks) -> None:
 
 
 def stop(ranks: Ranks) -> None:
+    """Leave the process group. A DistributedDataParallel wrapper outlives its scope in a reference
+    cycle, and its reducer holds the group: collected only at interpreter exit, the group's gloo
+    threads are torn down during finalisation, which can abort the process (SIGABRT, "terminate
+    called without an active exception", seen in CI on a rank that had finished). So the cycle is
+    collected here, while everything is alive, before the group is destroyed."""
     if ranks.parallel and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
