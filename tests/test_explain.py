@@ -74,6 +74,27 @@ def test_trace_explains_and_leaves_no_hooks(article_model, photos):
     assert clf.probabilities(e.u8[None])[0] == pytest.approx(e.probs, abs=1e-6)
 
 
+def test_the_answer_shows_the_likeliest_classes_the_positive_and_the_rest(tiny_model, photos):
+    """283 bars would be a smear: the shipped model's answer shows its likeliest classes, the bird
+    always among them, and the rest as one bar; a model of few classes shows them all, in its order."""
+    from birdcnn.explain import BARS_SHOWN, answer_bars, explain
+    from birdcnn.modelfile import load_model
+
+    clf = load_model(None)
+    e = explain(photos / GREY, clf)
+    assert int((e.probs > e.probs[clf.positive_index]).sum()) >= BARS_SHOWN  # bird is not among the airship's likeliest
+    labels, probs, pos = answer_bars(e)
+    assert len(labels) == BARS_SHOWN and labels[-1] == f"{len(clf.classes) - BARS_SHOWN + 1} other classes"
+    likeliest = [clf.classes[i] for i in np.argsort(-e.probs)[:BARS_SHOWN - 2]]
+    assert labels[pos] == "bird" and set(labels[:-1]) == {*likeliest, "bird"}
+    assert list(probs[:-1]) == sorted(probs[:-1], reverse=True)
+    assert probs[pos] == pytest.approx(e.probs[clf.positive_index]) and probs.sum() == pytest.approx(1, abs=1e-5)
+
+    few = load_model(tiny_model)
+    labels, probs, pos = answer_bars(explain(photos / BIRD, few))
+    assert labels == few.classes and labels[pos] == few.positive and probs.sum() == pytest.approx(1, abs=1e-5)
+
+
 def test_explain_bad_input_is_one_clean_line(tiny_model, tmp_path, capsys):
     fake = tmp_path / "notes.jpg"
     fake.write_text("this is not a picture")

@@ -33,6 +33,7 @@ TRACED_TYPES = (nn.Conv2d, *POOL_TYPES)
 MAPS_SHOWN = 16        # feature maps per layer in the figures, the strongest ones
 DEEPER_SHOWN = 3       # deeper layers in the combined figure (every one gets its own row in deeper_layers.png)
 SMOOTHGRAD_SAMPLES = 16
+BARS_SHOWN = 12        # the answer's bars: a model with more classes shows its likeliest, the positive and "the rest"
 
 
 # ---------------------------------------------------------------- tracing the network
@@ -378,16 +379,37 @@ def panel_pooling(fig, spec, e: Explanation, number: str, k: int = 8) -> None:
         ax.set_xlabel(f"each {k}x{k} block keeps its strongest value", fontsize=8)
 
 
+def answer_bars(e: Explanation, k: int = BARS_SHOWN) -> tuple[list[str], np.ndarray, int]:
+    """The answer panel's bars: every class when there are at most `k`, in the model's order; else
+    the k - 1 likeliest, most likely first, with the positive class always among them, then one bar
+    for the rest ("280 other classes"; 283 bars would be an unreadable smear). Returns the labels,
+    their probabilities and the positive class's bar."""
+    probs = np.asarray(e.probs, dtype=float)
+    pos = e.classes.index(e.positive)
+    if len(e.classes) <= k:
+        return list(e.classes), probs, pos
+    order = [int(i) for i in np.argsort(-probs, kind="stable")[:k - 1]]
+    if pos not in order:
+        order[-1] = pos
+        order.sort(key=lambda i: -probs[i])
+    shown = probs[order]
+    labels = [e.classes[i] for i in order] + [f"{len(e.classes) - len(order)} other classes"]
+    return labels, np.append(shown, max(0.0, 1.0 - shown.sum())), order.index(pos)
+
+
 def panel_probabilities(fig, spec, e: Explanation, number: str) -> None:
     ax = fig.add_subplot(spec)
-    y = np.arange(len(e.classes))
-    colours = ["tab:orange" if c == e.positive else "tab:gray" for c in e.classes]
-    ax.barh(y, e.probs, color=colours)
-    ax.set_yticks(y, e.classes, fontsize=8)
+    labels, probs, pos = answer_bars(e)
+    y = np.arange(len(labels))
+    colours = ["tab:gray"] * len(labels)
+    colours[pos] = "tab:orange"
+    if len(labels) < len(e.classes):
+        colours[-1] = "lightgray"
+    ax.barh(y, probs, color=colours)
+    ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.tick_params(axis="x", labelsize=8)
-    pos = e.classes.index(e.positive)
     ax.plot([e.threshold] * 2, [pos - 0.45, pos + 0.45], "k--", lw=1)
     p = e.record["bird_probability"]
     ax.set_title(f"{number} · answer: {e.record['label']}", fontsize=9, fontweight="bold")
@@ -432,12 +454,14 @@ def combined_figure(e: Explanation):
     for j, step in enumerate(deeper):
         panels.append(lambda f, s, st=step, j=j: panel_maps(f, s, st, f"{7 + j} · deeper: layer {st.name}"))
     n = 7 + len(deeper)
-    panels += [lambda f, s: panel_probabilities(f, s, e, str(n)), lambda f, s: panel_gradcam(f, s, e, str(n + 1))]
-    widths = [1.6] + [1.0] * (len(panels) - 3) + [1.3, 1.6]
+    # None: an empty column, room for the answer's class names
+    panels += [None, lambda f, s: panel_probabilities(f, s, e, str(n)), lambda f, s: panel_gradcam(f, s, e, str(n + 1))]
+    widths = [1.6] + [1.0] * (len(panels) - 4) + [0.4, 1.3, 1.6]
     fig = plt.figure(figsize=(2.5 * sum(widths), 4.4))
     gs = fig.add_gridspec(1, len(panels), width_ratios=widths, wspace=0.28)
     for i, draw in enumerate(panels):
-        draw(fig, gs[i])
+        if draw is not None:
+            draw(fig, gs[i])
     fig.suptitle(f"How the {e.arch} network reads {e.name}: left to right, photo -> answer "
                  f"({e.record['label']}, {e.positive} probability {100 * e.record['bird_probability']:.1f}%)",
                  fontsize=12, x=0.5, y=1.02)
@@ -495,8 +519,8 @@ def write_explanation(e: Explanation, out: Path) -> dict[str, Path]:
                               out / "04_feature_maps.png"),
         "pooling": _save(_one(lambda f, s: panel_pooling(f, s, e, "5"), (4, 6.4)), out / "05_pooling.png"),
         "deeper_layers": _save(deeper_figure(e), out / "06_deeper_layers.png"),
-        "probabilities": _save(_one(lambda f, s: panel_probabilities(f, s, e, "7"), (4.4, 0.8 + 0.3 * len(e.classes))),
-                               out / "07_probabilities.png"),
+        "probabilities": _save(_one(lambda f, s: panel_probabilities(f, s, e, "7"),
+                                    (4.4, 0.8 + 0.3 * len(answer_bars(e)[0]))), out / "07_probabilities.png"),
         "saliency": _save(saliency_figure(e), out / "08_saliency.png"),
         "combined": _save(combined_figure(e), out / "explain.png"),
     }
