@@ -47,13 +47,15 @@ def main() -> None:
 
     # The parts, one by one.
     t0 = time.perf_counter()
-    src = open_source(args.data, clf.input_size)
+    src = open_source(args.data, clf.input_size, clf.zoom_size)  # as evaluate() opens it
     t_open = time.perf_counter() - t0
     t0 = time.perf_counter()
-    images = np.concatenate([chunk for chunk, *_ in src])
+    chunks = [(images, zoomed) for images, _, _, zoomed in src]
+    images = np.concatenate([chunk for chunk, _ in chunks])
     t_decode = time.perf_counter() - t0
     t0 = time.perf_counter()
-    clf.probabilities(images)
+    for chunk, zoomed in chunks:
+        clf.probabilities(chunk, zoomed=zoomed)
     t_classify = time.perf_counter() - t0
     print(f"  open/list {t_open:.1f} s, decode {t_decode:.1f} s ({len(images) / t_decode:.0f} images/s), "
           f"classify {t_classify:.1f} s ({len(images) / t_classify:.0f} images/s)")

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise BirdcnnError(f"{out}: exists and is not a folder (--out)")
     model = load_model(args.model, chosen_device(args.device))
-    src = open_source(args.data, model.input_size)
+    src = open_source(args.data, model.input_size, model.zoom_size)  # the views predict gives a photo
     ev = evaluate(model, src, model_name=str(args.model or "the shipped model"), threshold=args.threshold,
                   target_precision=args.target_precision, target_recall=args.target_recall,
                   gallery_size=args.gallery_size, progress=sys.stderr.isatty())
