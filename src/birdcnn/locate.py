@@ -300,7 +300,8 @@ def save_heatmap(res: Located, out: str | Path, title: str = "") -> Path:
                 bbox={"facecolor": colour, "edgecolor": "none", "pad": 1.5})
     ax.set_axis_off()
     ax.set_title(f"{title + ': ' if title else ''}{res.target} in the best window {100 * res.max_probability:.1f}%, "
-                 f"whole frame {100 * res.whole_frame_probability:.1f}% ({res.windows} windows)", fontsize=10)
+                 f"whole frame in one view {100 * res.whole_frame_probability:.1f}% ({res.windows} windows)",
+                 fontsize=10)
     fig.colorbar(shown, ax=ax, fraction=0.035, pad=0.02,
                  label=f"{res.target} probability of the window centred here (mean with its neighbours)")
     fig.tight_layout()
@@ -360,7 +361,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         W, H = res.size
         print(f"{image} ({W}x{H}): best {res.target} window {100 * res.max_probability:.1f}%, "
-              f"whole frame {100 * res.whole_frame_probability:.1f}% ({res.windows} windows, {res.seconds:.1f} s)")
+              f"whole frame in one view {100 * res.whole_frame_probability:.1f}% "
+              f"({res.windows} windows, {res.seconds:.1f} s)")
         for b in res.boxes:
             print(f"  {100 * b['probability']:5.1f}%  box {b['box']}")
         if not res.boxes:
