@@ -138,6 +138,31 @@ def test_augment_preview_uses_the_training_switches(photos):
     assert np.abs(rot.mean((1, 2, 3)) - u8.mean()) .max() < 20
 
 
+def test_augment_preview_shows_the_crops_training_cuts_from_photos(photos, tmp_path, capsys):
+    from birdcnn.augment import Augment, PhotoViews
+    from birdcnn.augment_preview import augmented_versions
+    from birdcnn.images import load_for_model
+
+    stored = load_for_model(photos / BIRD, 80)  # the copy training stores of a photo for a 40-px view
+    off = Augment(flip=False, shift=0, rotate=0, blur=0)
+    crops = augmented_versions(stored, off, 6, seed=3, crops=PhotoViews(size=40, shift=0))
+    assert crops.shape == (6, 40, 40, 3) and len({v.tobytes() for v in crops}) == 6  # each its own crop
+    again = augmented_versions(stored, off, 6, seed=3, crops=PhotoViews(size=40, shift=0))
+    assert (again == crops).all()  # the seed decides
+
+    out = tmp_path / "crops.png"
+    args = ["augment-preview", str(photos / BIRD), "--arch", "fast", "--input-size", "40", "--out", str(out)]
+    assert main([*args, "--photo-crops", "bird"]) == 0
+    assert _png(out)[0] >= 400 and "crops of 35-100% of the view, colour ±30%" in capsys.readouterr().out
+    assert main([*args, "--photo-crops", "other"]) == 0
+    assert "crops of 3-100% of the view" in capsys.readouterr().out
+    # A thumbnail is never cropped in training: nothing to show.
+    Image.fromarray(load_for_model(photos / BIRD, 32)).save(tmp_path / "thumb.png")
+    assert main(["augment-preview", str(tmp_path / "thumb.png"), "--input-size", "32", "--photo-crops", "bird",
+                 "--out", str(tmp_path / "t.png")]) == 2
+    assert "32x32 is a thumbnail for the 32-px view" in capsys.readouterr().err and not (tmp_path / "t.png").exists()
+
+
 def test_augment_preview_bad_input(photos, tmp_path, capsys):
     fake = tmp_path / "x.png"
     fake.write_bytes(b"\x89PNG\r\n\x1a\n broken")
