@@ -257,3 +257,19 @@ def test_console_exit_code_and_no_traceback(tiny_model, image_formats, bad_image
     assert r.returncode == 1
     assert r.stdout.startswith(f"{image_formats['photo.webp'][0]}: ") and len(r.stdout.splitlines()) == 1
     assert len(r.stderr.splitlines()) == 2 and "Traceback" not in r.stderr
+
+
+def test_a_folder_is_answered_batch_by_batch(tiny_model, photos, tmp_path):
+    """Thousands of photos are answered as they go: a batch's records come before the next batch
+    is read (here the third photo, removed after the first answer, is found missing)."""
+    from birdcnn.predict import iter_classify
+
+    files = [Path(shutil.copy(photos / name, tmp_path / f"{i}.jpg"))
+             for i, name in enumerate(["bird/cock.jpg", "bird/crane.jpg", "not_bird/barn.jpg"])]
+    found = iter_classify(files, load_model(tiny_model), batch_size=2)
+    assert "label" in next(found)
+    files[2].unlink()
+    rest = list(found)
+    assert "label" in rest[0] and rest[1] == {"path": str(files[2]), "error": "no such file"}
+    # The list API gives the same records.
+    assert birdcnn.classify(files[:2], load_model(tiny_model))[1]["label"] == rest[0]["label"]

@@ -7,6 +7,7 @@ import os
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -28,6 +29,14 @@ def classify(
 ) -> list[dict]:
     """Classify image files (a list of paths, or one path). Returns one record per path, in order:
     the prediction, or `{"path", "error"}` for a file that could not be read."""
+    return list(iter_classify(paths, model, batch_size))
+
+
+def iter_classify(
+    paths: Iterable[str | Path] | str | Path, model: Classifier | None = None, batch_size: int = 256
+) -> Iterator[dict]:
+    """`classify`, record by record as each batch of `batch_size` images is scored: a folder of
+    thousands of photos is answered as it goes, not all at the end."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]  # not one record per character
     model = model or load_model()
@@ -41,9 +50,10 @@ def classify(
             records.append({"path": str(p), "error": e.problem})
         if len(good) >= batch_size:
             _fill(model, good, records)
-            good = []
+            yield from records
+            records, good = [], []
     _fill(model, good, records)
-    return records
+    yield from records
 
 
 def _fill(model: Classifier, good: list[tuple[int, np.ndarray, np.ndarray | None]], records: list[dict]) -> None:
@@ -90,26 +100,30 @@ def run(args: argparse.Namespace) -> int:
         raise BirdcnnError("no images given (pass IMAGE paths, or --samples)")
     model = load_model(args.model, chosen_device(args.device), backend=args.backend)
     inputs = expand_inputs(items)
-    found = iter(classify([p for p in inputs if isinstance(p, Path)], model))
-    records = [next(found) if isinstance(p, Path) else {"path": p.path, "error": p.problem} for p in inputs]
-    for r in records:
+    found = iter_classify([p for p in inputs if isinstance(p, Path)], model)
+    records, failed = [], 0
+    for p in inputs:
+        r = next(found) if isinstance(p, Path) else {"path": p.path, "error": p.problem}
         r["path"] = display_path(r["path"])  # one line of valid text (JSON cannot hold undecodable bytes)
-    failed = [r for r in records if "error" in r]
+        if "error" in r:
+            failed += 1
+            print(f"birdcnn predict: error: {r['path']}: {r['error']}", file=sys.stderr, flush=True)
+        elif not args.json:
+            print(_line(r, model), flush=True)
+        records.append(r)
     if args.json:
         json.dump(records, sys.stdout, indent=2)
         print()
-    else:
-        for r in records:
-            if "error" in r:
-                continue
-            line = (f"{r['path']}: {r['label']} ({100 * r['bird_probability']:.1f}%"
-                    f"{'' if r['is_bird'] else ' ' + model.positive})")
-            if not r["is_bird"] and r["bird_probability"] >= 0.5:
-                line += f"  below the {100 * model.threshold:.1f}% decision threshold"
-            top = r.get("top_classes", [{}])[0]
-            if not r["is_bird"] and top.get("class") not in (None, model.positive):
-                line += f"  most like {top['class']} ({100 * top['probability']:.1f}%)"
-            print(line)
-    for r in failed:
-        print(f"birdcnn predict: error: {r['path']}: {r['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _line(r: dict, model: Classifier) -> str:
+    """One photo's answer: `photo.jpg: bird (97.3%)`, with why a likely bird is not called one."""
+    line = (f"{r['path']}: {r['label']} ({100 * r['bird_probability']:.1f}%"
+            f"{'' if r['is_bird'] else ' ' + model.positive})")
+    if not r["is_bird"] and r["bird_probability"] >= 0.5:
+        line += f"  below the {100 * model.threshold:.1f}% decision threshold"
+    top = r.get("top_classes", [{}])[0]
+    if not r["is_bird"] and top.get("class") not in (None, model.positive):
+        line += f"  most like {top['class']} ({100 * top['probability']:.1f}%)"
+    return line
