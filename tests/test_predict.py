@@ -262,11 +262,9 @@ def test_console_exit_code_and_no_traceback(tiny_model, image_formats, bad_image
 def test_a_folder_is_answered_batch_by_batch(tiny_model, photos, tmp_path):
     """Thousands of photos are answered as they go: a batch's records come before the next batch
     is read (here the third photo, removed after the first answer, is found missing)."""
-    from birdcnn.predict import iter_classify
-
     files = [Path(shutil.copy(photos / name, tmp_path / f"{i}.jpg"))
              for i, name in enumerate(["bird/cock.jpg", "bird/crane.jpg", "not_bird/barn.jpg"])]
-    found = iter_classify(files, load_model(tiny_model), batch_size=2)
+    found = birdcnn.iter_classify(files, load_model(tiny_model), batch_size=2)
     assert "label" in next(found)
     files[2].unlink()
     rest = list(found)

@@ -3,9 +3,10 @@
     >>> import birdcnn
     >>> clf = birdcnn.load_model()            # the model shipped in the package
     >>> birdcnn.classify(["photo.jpg"], clf)  # [{"path": ..., "label": "bird", "bird_probability": ...}]
+    >>> for record in birdcnn.iter_classify(many_paths, clf): ...  # the same, as each batch is scored
 """
 __version__ = "0.1.0"
-__all__ = ["Classifier", "classify", "load_model", "__version__"]
+__all__ = ["Classifier", "classify", "iter_classify", "load_model", "__version__"]
 
 
 def __getattr__(name: str):
@@ -13,7 +14,7 @@ def __getattr__(name: str):
     if name in ("Classifier", "load_model"):
         from . import modelfile
         return getattr(modelfile, name)
-    if name == "classify":
-        from .predict import classify
-        return classify
+    if name in ("classify", "iter_classify"):
+        from . import predict
+        return getattr(predict, name)
     raise AttributeError(name)
