@@ -109,11 +109,11 @@ def run(args: argparse.Namespace) -> int:
         raise BirdcnnError(f"{display_path(out)}: --out must end in one of {', '.join(sorted(FIGURE_SUFFIXES))}")
 
     u8 = load_for_model(args.image, size)  # exactly what predict sees
-    crops = positive = None
+    crops, positive = None, args.photo_crops == "bird"
     if args.photo_crops:
-        settings["shift"] = 0  # the crop's place moves the picture instead
+        settings["shift"] = 0  # the crop's place moves the picture instead, as in training
         augment = Augment(**settings)
-        crops, positive = PhotoViews(size=size, shift=0), args.photo_crops == "bird"
+        crops = PhotoViews(size=size, shift=0)
         im = open_for_model(args.image, STORE_SCALE * size)
         if not is_photo(im, size):  # training keeps thumbnails whole (CIFAR-10): no crops to show
             raise BirdcnnError(f"{display_path(args.image)}: {im.width}x{im.height} is a thumbnail for the {size}-px "
