@@ -108,9 +108,10 @@ def run(args: argparse.Namespace) -> int:
         if "error" in r:
             failed += 1
             print(f"birdcnn predict: error: {r['path']}: {r['error']}", file=sys.stderr, flush=True)
-        elif not args.json:
+        if args.json:
+            records.append(r)  # one JSON array, written at the end
+        elif "error" not in r:
             print(_line(r, model), flush=True)
-        records.append(r)
     if args.json:
         json.dump(records, sys.stdout, indent=2)
         print()
