@@ -139,6 +139,7 @@ class Evaluation:
     galleries: dict[str, Extremes] = field(default_factory=dict)  # "tp", "tn", "fp", "fn"
     data_classes: list[str] = field(default_factory=list)
     false_alarms: dict[str, dict] = field(default_factory=dict)  # per non-positive folder, highest rate first
+    other: OtherFiles = field(default_factory=OtherFiles)  # files passed over as not images, by suffix
 
     @property
     def n(self) -> int:
@@ -264,7 +265,7 @@ def evaluate(model: Classifier, source: str | Source, model_name: str = "", thre
                       classes_note=note, skipped=[str(f) for f in src.skipped], seconds=time.perf_counter() - t0,
                       is_positive=y, scores=scores, class_confidence=conf, class_correct=correct,
                       galleries=galleries, data_classes=list(src.classes),
-                      false_alarms=false_alarms(labels, scores, threshold, is_pos_of, src.classes))
+                      false_alarms=false_alarms(labels, scores, threshold, is_pos_of, src.classes), other=src.other)
 
 
 def _choose_threshold(model: Classifier, y: np.ndarray, scores: np.ndarray, threshold: float | None,

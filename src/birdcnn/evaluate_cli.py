@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, open_source
+    from .evaluate import evaluate
     from .modelfile import load_model
     from .report import format_table, to_json, write_report
     from .runs import default_run_dir
@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise BirdcnnError(f"{out}: exists and is not a folder (--out)")
     model = load_model(args.model, chosen_device(args.device))
-    src = open_source(args.data, model.input_size, model.zoom_size)  # the views predict gives a photo
-    ev = evaluate(model, src, model_name=str(args.model or "the shipped model"), threshold=args.threshold,
+    ev = evaluate(model, args.data, model_name=str(args.model or "the shipped model"), threshold=args.threshold,
                   target_precision=args.target_precision, target_recall=args.target_recall,
                   gallery_size=args.gallery_size, progress=sys.stderr.isatty())
     t0 = time.perf_counter()
@@ -66,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(ev))
         print(f"\n{ev.n} images evaluated in {ev.seconds:.1f} s; "
               f"report written in {report_seconds:.1f} s: {out / 'report.html'}")
-    if src.other:  # as search says it: a folder of HEIC photos must not look small without a word
-        print(f"birdcnn evaluate: passed over {len(src.other)} files that are not images: {src.other}", file=sys.stderr)
+    if ev.other:  # as search says it: a folder of HEIC photos must not look small without a word
+        print(f"birdcnn evaluate: passed over {len(ev.other)} files that are not images: {ev.other}", file=sys.stderr)
     for i, problem in enumerate(ev.skipped):
         if i == 20:
             print(f"birdcnn evaluate: ... and {len(ev.skipped) - 20} more (all in {out / 'metrics.json'})",
