@@ -152,6 +152,7 @@ def test_merge_refuses_logs_of_other_searches(library, tiny_model, tmp_path, cap
         ([a1, a2, copy], "copy.jsonl: shard 2/2 again"),
         ([a1, part("third.jsonl", "2/3")], "third.jsonl: shard 2/3, but"),
         ([part("t1.jsonl", "1/3"), part("t2.jsonl", "2/3")], "shard 3/3 missing"),
+        ([a1], "shard 2/2 missing"),  # e.g. a `part*.jsonl` that matched one file
         ([part("whole.jsonl", None), a1], "whole.jsonl: a whole search"),
         ([a1, str(csv_file)], "a.csv: not a birdcnn search results file"),
         ([a1, str(tmp_path / "nowhere.jsonl")], "nowhere.jsonl: cannot read"),

@@ -85,8 +85,8 @@ def _check_same_search(logs: list[SearchLog]) -> None:
 
 def _check_shards(logs: list[SearchLog]) -> None:
     """The logs are the N shards of one split, each once: no photo twice, none missing."""
-    if len(logs) == 1:
-        return  # one log, whole or a shard: merged alone it is converted (to CSV, MegaDetector...)
+    if len(logs) == 1 and _shard(logs[0]) is None:
+        return  # one whole search: merged alone it is converted (to CSV, MegaDetector...)
     seen: dict[Shard, SearchLog] = {}
     for log in logs:
         s = _shard(log)
