@@ -171,6 +171,22 @@ def png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
+def tiff_without_dimensions(photo: Path) -> bytes:
+    """A two-page TIFF of `photo` whose second page lacks its width tag: Pillow opens it, then raises
+    TypeError ("Missing dimensions") when counting the pages, outside its usual OSError family."""
+    import io
+    buf = io.BytesIO()
+    im = Image.open(photo).convert("RGB").resize((64, 48))
+    im.save(buf, "TIFF", save_all=True, append_images=[im])
+    data = bytearray(buf.getvalue())
+    first = struct.unpack_from("<I", data, 4)[0]
+    second = struct.unpack_from("<I", data, first + 2 + 12 * struct.unpack_from("<H", data, first)[0])[0]
+    for i in range(struct.unpack_from("<H", data, second)[0]):
+        if struct.unpack_from("<H", data, second + 2 + 12 * i)[0] == 256:  # ImageWidth
+            struct.pack_into("<H", data, second + 2 + 12 * i, 0xFFF0)  # -> a private tag
+    return bytes(data)
+
+
 def make_bad_files(photos: Path, folder: Path) -> dict[str, tuple[Path, str]]:
     """Every kind of bad image file: name -> (path, words the error must contain)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -182,6 +198,7 @@ def make_bad_files(photos: Path, folder: Path) -> dict[str, tuple[Path, str]]:
         "text.jpg": (b"this is a text file, not a JPEG\n" * 4, "not an image"),
         "bomb.png": (png_header(50_000, 50_000), "decompression bomb"),
         "bomb_over_limit.png": (png_header(11_000, 11_000), "decompression bomb"),
+        "no_dimensions.tiff": (tiff_without_dimensions(photos / "bird" / "magpie.jpg"), "corrupt image"),
     }
     out = {}
     for name, (data, words) in bad.items():

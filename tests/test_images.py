@@ -1,6 +1,7 @@
 """Reading real photos in every common format, and refusing bad files with a clear reason."""
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def test_image_suffixes():
 # ---------------------------------------------------------------- bad files
 
 BAD_NAMES = ["truncated.jpg", "corrupt.jpg", "empty.jpg", "text.jpg", "bomb.png", "bomb_over_limit.png",
-             "missing.jpg", "a_folder.jpg"]
+             "no_dimensions.tiff", "missing.jpg", "a_folder.jpg"]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
@@ -150,3 +151,12 @@ def test_large_legitimate_sizes_are_not_called_bombs(tmp_path):
     with pytest.raises(ImageError) as info:
         open_image(tmp_path / "big.png")
     assert "bomb" not in info.value.problem and "corrupt" in info.value.problem
+
+
+def test_a_fifo_is_refused_not_read(tmp_path):
+    """A named pipe would block the read forever (a FIFO called pipe.jpg once read as an empty file)."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError) as info:
+        open_image(fifo)
+    assert info.value.problem == "not a regular file"

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from birdcnn.cli import main
-from conftest import interrupt_search
+from conftest import interrupt_search, tiff_without_dimensions
 from birdcnn.modelfile import load_model
 from birdcnn.decode_workers import model_views
 from birdcnn.search import MIRROR_MARGIN, SearchResult, mirror_floor, search
@@ -48,9 +48,10 @@ def collection(tmp_path_factory, cifar_small, photos) -> dict:
     (bad / "empty.jpg").write_bytes(b"")
     (bad / "readme.txt").write_text("not an image, ignored")
     (bad / "moved.jpg").symlink_to(root / "no-longer-here.jpg")
+    (bad / "pages.tiff").write_bytes(tiff_without_dimensions(photos / "bird" / "magpie.jpg"))  # once ended the search
     good = {str(p) for p in root.rglob("*.jpg") if "loop" not in p.parts and p.parent != bad}
     return {"root": root, "good": good, "birds": {str(p) for p in root.rglob("bird_*.jpg") if "loop" not in p.parts},
-            "bad": {str(bad / n) for n in ("corrupt.jpg", "notes.jpg", "empty.jpg", "moved.jpg")}}
+            "bad": {str(bad / n) for n in ("corrupt.jpg", "notes.jpg", "empty.jpg", "moved.jpg", "pages.tiff")}}
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -63,7 +64,7 @@ def test_walk_reports_loop_and_finds_every_image_once(collection):
     items = list(walk_images(collection["root"]))
     paths = [i for i in items if isinstance(i, str)]
     skipped = [i for i in items if isinstance(i, FileProblem)]
-    assert len(paths) == len(set(paths)) == len(collection["good"]) + 4
+    assert len(paths) == len(set(paths)) == len(collection["good"]) + len(collection["bad"])
     assert set(paths) == collection["good"] | collection["bad"]
     assert [s.path for s in skipped] == [str(collection["root"] / "2024" / "misc" / "loop")]
     assert "loop" in skipped[0].problem and not skipped[0].serious
@@ -75,11 +76,11 @@ def test_search_json_finds_birds_and_reports_bad_files(collection, tiny_model, c
     assert code == 1  # some photos failed
     res = json.loads(out)
     s = res["summary"]
-    assert s["scanned"] == len(collection["good"]) + 4
+    assert s["scanned"] == len(collection["good"]) + len(collection["bad"])
     assert s["scored"] == s["matched"] == len(collection["good"])
-    assert s["failed"] == 4
+    assert s["failed"] == len(collection["bad"])
     assert {f["path"] for f in s["failures"]} == collection["bad"]
-    assert s["failure_reasons"] == {"empty file": 1, "not an image": 1, "corrupt image": 1, "broken symbolic link": 1}
+    assert s["failure_reasons"] == {"empty file": 1, "not an image": 1, "corrupt image": 2, "broken symbolic link": 1}
     assert "loop" in s["skipped"][0]["problem"]
     probs = [m["probability"] for m in res["matches"]]
     assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
@@ -166,7 +167,7 @@ def test_resume_after_truncated_jsonl(collection, tiny_model, tmp_path, capsys):
     lines = log.read_text().splitlines()
     header, records = json.loads(lines[0]), [json.loads(x) for x in lines[1:]]
     assert header["format"] == "birdcnn-search" and header["class"] == "bird"
-    assert len(records) == len(collection["good"]) + 4
+    assert len(records) == len(collection["good"]) + len(collection["bad"])
     # Simulate kill -9 mid-write: 10 complete photo lines, then half a line.
     keep = lines[:11]
     log.write_text("\n".join(keep) + "\n" + lines[11][: len(lines[11]) // 2])

@@ -127,12 +127,15 @@ def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
         raise ImageError(path, f"cannot read ({getattr(e, 'strerror', None) or e})") from None
     if stat.S_ISDIR(st.st_mode):
         raise ImageError(path, "is a folder, not an image")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read, a device never end
+        raise ImageError(path, "not a regular file")
     if st.st_size == 0:
         raise ImageError(path, "empty file")
     try:
         with warnings.catch_warnings():
-            # Pillow warns above its own ~89 MP limit: MAX_PIXELS below is the limit that applies.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow warns above its own ~89 MP limit (MAX_PIXELS below is the limit that applies) and
+            # about oddities of files it reads anyway (bad EXIF tags, NaN pixels): noise to the user.
+            warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise ImageError(path, f"too large ({im.width}x{im.height} pixels; "
@@ -154,7 +157,8 @@ def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
         raise ImageError(path, "too large: possible decompression bomb") from None
     except PermissionError:
         raise ImageError(path, "permission denied") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
+    except Exception as e:  # noqa: BLE001 - Pillow's format plugins raise anything on a malformed file
+        # (TypeError from a TIFF without dimensions, NotImplementedError from a DDS pixel format...)
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower():
             msg = "truncated or corrupt image data"

@@ -268,7 +268,7 @@ def locate_file(path: str | Path, model: Classifier, scales: list[float] = DEFAU
     im = open_image(path, min_size=need)
     try:
         size = photo_size(path)
-    except (OSError, ValueError, SyntaxError):  # open_image succeeded: only an odd header ends here
+    except Exception:  # noqa: BLE001 - open_image succeeded: only an odd header ends here
         size = im.size
     res = locate(im, model, scales=scales, photo_size=size, **kwargs)
     res.seconds = time.perf_counter() - t0

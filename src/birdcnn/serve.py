@@ -115,7 +115,7 @@ def _check_pixels(path: Path, name: str, limits: Limits) -> ApiError | None:
     except Image.DecompressionBombError:
         return ApiError(413, f"too large (over twice the {limits.max_megapixels:g} MP limit): "
                              "possible decompression bomb", name)
-    except (OSError, ValueError, SyntaxError, EOFError):
+    except Exception:  # noqa: BLE001 - see the docstring
         return None
     if w * h > limits.max_pixels:
         return ApiError(413, f"too large ({w}x{h} pixels; limit {limits.max_megapixels:g} MP)", name)

@@ -77,7 +77,7 @@ def is_photo_source(r: D.ResolvedSource, size: int) -> bool:
                 if p.is_file() and is_image_path(p):
                     with Image.open(p) as im:
                         sides.append(min(im.size))
-            except OSError:
+            except Exception:  # noqa: BLE001 - judged later, with its reason, as an unreadable image
                 continue
         if len(sides) >= 12:
             break
