@@ -145,12 +145,18 @@ def test_cli_errors(tiny_model, tmp_path, capsys):
     text.write_text("not a photo")
     for args, msg in [([str(text)], "not an image"), ([str(tmp_path / "gone.jpg")], "no such file"),
                       ([str(text), "--stride", "0"], "--stride"), ([str(text), "--scales", "2"], "--scales"),
+                      ([str(text), "--scales", "0.01"], "from 0.05 to 1"),  # once 60,000 windows, unbounded
                       ([str(text), "--for", "pelican"], None)]:
         code = main(["locate", *args, "--model", str(tiny_model), "--out", str(tmp_path / "x.png")])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
         assert msg is None or msg in err
     assert not (tmp_path / "x.png").exists()
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(text.read_bytes())
+    code = main(["locate", str(photo), "--model", str(tiny_model), "--out", str(photo)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is the input" in err and photo.read_text() == "not a photo"  # never over the photo
 
 
 @pytest.fixture(scope="module")

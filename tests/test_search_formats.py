@@ -229,12 +229,19 @@ def test_old_logs_still_resume(library, tiny_model, tmp_path, capsys):
 
 def test_option_errors_are_one_line(library, tiny_model, tmp_path, capsys):
     root = library["root"]
+    photo = (root / "crane.jpg").read_bytes()
     for args, words in [(["--format", "csv"], "--format needs --output"),
                         (["--boxes"], "--boxes needs --output"),
                         (["--output", tmp_path / "a.jsonl", "--log", tmp_path / "b.jsonl"], "--log is for"),
-                        (["--output", tmp_path / "a.csv", "--log", tmp_path / "a.csv"], "different files")]:
+                        (["--output", tmp_path / "a.csv", "--log", tmp_path / "a.csv"], "different files"),
+                        # Results never go over a photo (a slip for the folder, or the page's name).
+                        (["--output", root / "crane.jpg"], "names an image"),
+                        (["--html", root / "crane.jpg"], "name it .html")]:
         code, _, err = search(capsys, root, "--model", tiny_model, *args)
         assert code == 2 and words in err and err.count("\n") == 1, err
+    code, _, err = search(capsys, "--merge", root / "crane.jpg", tmp_path / "any.jsonl")
+    assert code == 2 and "names an image" in err
+    assert (root / "crane.jpg").read_bytes() == photo
     with pytest.raises(SystemExit) as e:  # argparse's own refusal: one line too
         main(["search", str(root), "--format", "xml", "--output", str(tmp_path / "a.xml")])
     err = capsys.readouterr().err

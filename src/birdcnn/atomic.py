@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import BirdcnnError, display_path
+
 
 def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call `write(tmp)` to fill a temporary file, then rename it to `path`.
@@ -22,6 +24,14 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def check_not_input(out: str | Path, source: str | Path) -> None:
+    """Refuse an output that is the input it is made from (`locate photo.jpg --out photo.jpg`
+    would replace the photo by its heat map), in one line naming both."""
+    if os.path.exists(out) and os.path.exists(source) and os.path.samefile(out, source):
+        raise BirdcnnError(f"{display_path(out)}: is the input {display_path(source)}; "
+                           "choose another name for the output")
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .atomic import save_figure
+from .atomic import check_not_input, save_figure
 from .devices import add_device_argument, chosen_device
 from .errors import BirdcnnError
 from .images import FIGURE_SUFFIXES, display_path, model_view, open_image
@@ -70,6 +70,7 @@ DEFAULT_SCALES = (0.8, 0.5, 0.33, 0.22, 0.15)  # window side / photo's shorter s
 DEFAULT_STRIDE = 0.25                          # step between windows / window side
 MAX_WINDOWS = 1500          # ~1-2 s of network time on 2 idle CPU cores for the default network
 MIN_WINDOW_PX = 16          # smaller windows hold too few real pixels to mean anything
+MIN_SCALE = 0.05            # --scales: 20 windows across the shorter side before any overlap
 DISPLAY = 1024              # longest side of the heat-map picture
 NMS_IOU = 0.3
 
@@ -319,7 +320,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=float, default=DEFAULT_STRIDE, metavar="S",
                    help=f"step between windows as a fraction of the window (default {DEFAULT_STRIDE})")
     p.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES), metavar="F",
-                   help="window sides as fractions of the photo's shorter side (default "
+                   help=f"window sides as fractions of the photo's shorter side, {MIN_SCALE} to 1 (default "
                         f"{' '.join(map(str, DEFAULT_SCALES))})")
     p.add_argument("--for", dest="target", metavar="WORDS",
                    help="class(es) to locate, comma-separated (default: the model's positive class)")
@@ -333,8 +334,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.stride <= 1:
         raise BirdcnnError(f"--stride must be in (0, 1] (a fraction of the window), not {args.stride}")
-    if any(not 0 < s <= 1 for s in args.scales):
-        raise BirdcnnError("--scales must be fractions of the photo's shorter side, in (0, 1]")
+    if any(not MIN_SCALE <= s <= 1 for s in args.scales):  # smaller ones would take thousands of windows
+        raise BirdcnnError(f"--scales must be fractions of the photo's shorter side, from {MIN_SCALE} to 1")
     if args.min_probability is not None and not 0 <= args.min_probability <= 1:
         raise BirdcnnError(f"--min-probability must be between 0 and 1, not {args.min_probability}")
     if args.top < 1:
@@ -343,6 +344,8 @@ def run(args: argparse.Namespace) -> int:
     # before the work, rather than guess a name the user did not give.
     if args.out and Path(args.out).suffix.lower() not in FIGURE_SUFFIXES:
         raise BirdcnnError(f"{display_path(args.out)}: --out must end in one of {', '.join(sorted(FIGURE_SUFFIXES))}")
+    if args.out:
+        check_not_input(args.out, args.image)
     model = load_model(args.model, chosen_device(args.device))
     res = locate_file(args.image, model, scales=args.scales, target=args.target, stride=args.stride,
                       top=args.top, min_probability=args.min_probability)

@@ -5,11 +5,13 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .backends import BACKENDS
 from .contact_sheet import write_contact_sheet
 from .devices import add_device_argument, chosen_device
 from .errors import BirdcnnError, FileProblem, display_path
+from .images import is_image_path
 from .search import SearchResult, search
 from .search_formats import FORMATS, format_of, write_output
 from .search_log import SearchLog, is_search_log, read_log, setting
@@ -65,6 +67,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(finds small birds; ~6x the network work)")
 
 
+def _check_names(results: str | None, html_page: str | None) -> None:
+    """Refuse output names that would put results over a photo: `--output IMG_0042.jpg` (a slip
+    for the folder) or `--html photo.jpg`, before any work."""
+    if results and is_image_path(results):
+        raise BirdcnnError(f"{display_path(results)}: names an image, not a results file "
+                           f"(.csv, .json or .jsonl)")
+    if html_page and Path(html_page).suffix.lower() not in (".html", ".htm"):
+        raise BirdcnnError(f"{display_path(html_page)}: --html writes a web page: name it .html")
+
+
 def _outputs(args: argparse.Namespace) -> tuple[str, str | None]:
     """(format of --output, the JSON-lines log the search appends to), refusing to overwrite."""
     if args.output is None:
@@ -117,7 +129,11 @@ def _show(r: SearchResult, args: argparse.Namespace) -> None:
         for path, p in r.matches:
             print(f"{100 * p:5.1f}%  {display_path(path)}")
     if args.html:
-        print(f"contact sheet: {write_contact_sheet(r, args.html, args.workers)}", file=sys.stderr)
+        try:
+            page = write_contact_sheet(r, args.html, args.workers)
+        except OSError as e:
+            raise BirdcnnError(f"{display_path(args.html)}: cannot write ({e.strerror or e})") from None
+        print(f"contact sheet: {page}", file=sys.stderr)
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -133,6 +149,7 @@ def _merge(args: argparse.Namespace) -> int:
         if given:
             raise BirdcnnError(f"--merge takes the search's settings from the logs, not {option} (only --format, "
                                "--min-probability, --json and --html apply)")
+    _check_names(out, args.html)
     for shard in shards:
         if os.path.exists(out) and os.path.exists(shard) and os.path.samefile(out, shard):
             raise BirdcnnError(f"{display_path(out)}: is one of the logs to merge: choose another OUT")
@@ -164,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         return _merge(args)
     if args.folder is None:
         raise BirdcnnError("the following arguments are required: FOLDER (or --merge OUT SHARD.jsonl ...)")
+    _check_names(args.output, args.html)
     fmt, log = _outputs(args)
     if args.workers is not None and args.workers < 0:
         raise BirdcnnError("--workers must be 0 or more")
