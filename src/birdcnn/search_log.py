@@ -13,6 +13,7 @@ line of a photo wins.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -49,9 +50,68 @@ def first_difference(a: dict, b: dict, keys: tuple[str, ...]) -> tuple[str, obje
     return None
 
 
-def _is_record(rec: object) -> bool:
-    return (isinstance(rec, dict) and isinstance(rec.get("path"), str)
-            and (isinstance(rec.get("probability"), (int, float)) or isinstance(rec.get("error"), str)))
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_probability(v: object) -> bool:
+    return _is_number(v) and 0 <= v <= 1
+
+
+def _is_text(v: object) -> bool:
+    """A str that can be written out as UTF-8 (JSON's "\\udc80" reads as a lone surrogate, which cannot)."""
+    return isinstance(v, str) and not any("\ud800" <= ch <= "\udfff" for ch in v)
+
+
+def _shown(v: object) -> str:
+    """A JSON value for a message: short, one line (and no repr of a deeply nested value)."""
+    if isinstance(v, dict) or isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v):
+        return "an object" if isinstance(v, dict) else "a nested list"
+    return repr(v)[:60]
+
+
+def _header_problem(header: dict) -> str | None:
+    """What is wrong with a header line that names the search (None: nothing); see the module doc."""
+    if "class" not in header:
+        return 'no "class" (the class searched for)'
+    if not _is_text(header["class"]) or not header["class"].isprintable() or not header["class"]:
+        return f'"class" must be the class searched for (text), not {_shown(header["class"])}'
+    if header.get("min_probability") is not None and not _is_probability(header["min_probability"]):
+        return f'"min_probability" must be a number from 0 to 1, not {_shown(header["min_probability"])}'
+    return None
+
+
+def _is_box(b: object) -> bool:
+    return (isinstance(b, dict) and _is_probability(b.get("probability")) and isinstance(b.get("box"), list)
+            and len(b["box"]) == 4 and all(map(_is_number, b["box"])))
+
+
+def _record_problem(rec: object, folder: str) -> str | None:
+    """What is wrong with a photo's line (None: nothing): every field a reader of the log uses."""
+    if not isinstance(rec, dict):
+        return f"not a photo's record: {_shown(rec)}"
+    path = rec.get("path")
+    if not isinstance(path, str) or not path:
+        return f'"path" must be the photo\'s file name, not {_shown(path)}'
+    if os.path.relpath(path, folder).split(os.sep)[0] == os.pardir:
+        return f"{display_path(path)} is not in the folder searched, {display_path(folder)}"
+    if "error" in rec and not _is_text(rec["error"]):
+        return f'"error" must be text, not {_shown(rec["error"])}'
+    if "error" not in rec and "probability" not in rec:
+        return 'neither "probability" nor "error"'
+    for key in ("probability", "top_probability"):
+        if key in rec and not _is_probability(rec[key]):
+            return f'"{key}" must be a number from 0 to 1, not {_shown(rec[key])}'
+    if "top" in rec and not _is_text(rec["top"]):
+        return f'"top" must be a class name, not {_shown(rec["top"])}'
+    size = rec.get("size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2
+                                 and all(_is_number(v) and v > 0 for v in size)):
+        return f'"size" must be the photo\'s [width, height] in pixels, not {_shown(size)}'
+    boxes = rec.get("boxes")
+    if boxes is not None and not (isinstance(boxes, list) and all(map(_is_box, boxes))):
+        return f'"boxes" must be a list of {{"box": [x0, y0, x1, y1], "probability"}}, not {_shown(boxes)}'
+    return None
 
 
 @dataclass
@@ -61,7 +121,7 @@ class SearchLog:
     path: Path
     header: dict
     records: dict[str, dict] = field(default_factory=dict)
-    dropped: int = 0          # lines that are not records (a half-written last line after kill -9)
+    dropped: int = 0          # lines that are not JSON (a half-written last line after kill -9)
 
     @property
     def folder(self) -> str:
@@ -79,20 +139,27 @@ def parse_log(path: str | os.PathLike, data: bytes) -> SearchLog:
     lines = data[:end].splitlines()
     try:
         header = json.loads(lines[0]) if lines else None
-    except ValueError:
+    except (ValueError, RecursionError):  # json raises RecursionError for a line nested too deeply
         header = None
-    if not isinstance(header, dict) or header.get("format") != LOG_FORMAT or not isinstance(header.get("folder"), str):
+    if (not isinstance(header, dict) or header.get("format") != LOG_FORMAT
+            or not isinstance(header.get("folder"), str) or not header["folder"]):
         raise BirdcnnError(f"{display_path(path)}: not a birdcnn search results file (no header line)")
+    problem = _header_problem(header)
+    if problem:
+        raise BirdcnnError(f"{display_path(path)}: line 1: {problem}")
     log = SearchLog(Path(path), header, dropped=int(end < len(data)))
-    for line in lines[1:]:
+    for n, line in enumerate(lines[1:], 2):
         try:
             rec = json.loads(line)
-        except ValueError:
-            rec = None
-        if _is_record(rec):
-            log.records[os.path.relpath(rec["path"], log.folder)] = rec
-        else:
+        except ValueError:  # not JSON (a line damaged by a crash): left out, and counted
             log.dropped += 1
+            continue
+        except RecursionError:
+            raise BirdcnnError(f"{display_path(path)}: line {n}: nested too deeply to be a photo's record") from None
+        problem = _record_problem(rec, log.folder)
+        if problem:
+            raise BirdcnnError(f"{display_path(path)}: line {n}: {problem}")
+        log.records[os.path.relpath(rec["path"], log.folder)] = rec
     return log
 
 
@@ -111,7 +178,7 @@ def is_search_log(path: str | os.PathLike) -> bool:
         with open(path, "rb") as f:
             first = f.readline(1 << 20)
         return json.loads(first).get("format") == LOG_FORMAT
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 
