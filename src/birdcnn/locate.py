@@ -29,6 +29,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -284,8 +285,8 @@ def save_heatmap(res: Located, out: str | Path, title: str = "") -> Path:
     out = Path(out)
     W, H = res.size
     dw, dh = res.display.size
-    fig, ax = plt.subplots(figsize=(max(4.0, 8 * dw / max(dw, dh)) + 1.2, max(3.0, 8 * dh / max(dw, dh)) + 0.6),
-                           dpi=110)
+    width = max(4.0, 8 * dw / max(dw, dh)) + 1.2
+    fig, ax = plt.subplots(figsize=(width, max(3.0, 8 * dh / max(dw, dh)) + 0.6), dpi=110)
     ax.imshow(res.display, extent=(0, W, H, 0))
     # Colour and opacity both follow the heat, so cold regions keep the photo visible.
     rgba = plt.get_cmap("inferno")(res.heat)
@@ -300,8 +301,10 @@ def save_heatmap(res: Located, out: str | Path, title: str = "") -> Path:
         ax.text(x0, y0, f"{res.target} {100 * b['probability']:.0f}%", color="black", fontsize=9, va="bottom",
                 bbox={"facecolor": colour, "edgecolor": "none", "pad": 1.5})
     ax.set_axis_off()
-    ax.set_title(f"{title + ': ' if title else ''}{res.target} in the best window {100 * res.max_probability:.1f}%, "
-                 f"whole frame in one view {100 * res.whole_frame_probability:.1f}% ({res.windows} windows)",
+    # Wrapped to the figure's width (~11 characters an inch at 10 pt): a tall photo's title was cut off.
+    ax.set_title(textwrap.fill(f"{title + ': ' if title else ''}{res.target} in the best window "
+                               f"{100 * res.max_probability:.1f}%, whole frame in one view "
+                               f"{100 * res.whole_frame_probability:.1f}% ({res.windows} windows)", int(width * 11)),
                  fontsize=10)
     fig.colorbar(shown, ax=ax, fraction=0.035, pad=0.02,
                  label=f"{res.target} probability of the window centred here (mean with its neighbours)")
