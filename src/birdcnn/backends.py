@@ -10,7 +10,6 @@ with the torch backend, so both give the same records. Nothing is ever unpickled
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import BirdcnnError, ModelFileError
-from .modelfile import Classifier, check_metadata
+from .modelfile import Classifier, check_metadata, parse_json, read_regular
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -60,9 +59,10 @@ def _first_line(e: Exception) -> str:
 def read_export_metadata(text: str, where: Path) -> dict:
     """The birdcnn metadata of an export (its JSON text), checked like a model file's."""
     try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ModelFileError(where, f"birdcnn metadata is not valid JSON ({e})") from None
+        meta = parse_json(text)
+    except ValueError as e:  # JSONDecodeError, nested too deeply, too long an integer
+        first = " ".join(str(e).split())[:120]
+        raise ModelFileError(where, f"not a birdcnn export (its birdcnn metadata is not valid JSON: {first})") from None
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise ModelFileError(where, f"not a birdcnn export (no 'format: {EXPORT_FORMAT}' in its metadata)")
     return check_metadata(meta, where)
@@ -74,12 +74,82 @@ def _check_sidecar(path: Path, data: bytes) -> None:
     if not side.is_file():
         return  # the export is usable alone: its metadata is inside it
     try:
-        recorded = json.loads(side.read_text(encoding="utf-8")).get("file_sha256")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-        raise ModelFileError(side, f"cannot read the export's metadata ({e})") from None
+        side_meta = parse_json(read_regular(side).decode("utf-8"))
+    except OSError as e:
+        raise ModelFileError(side, f"cannot read the export's metadata ({e.strerror or e})") from None
+    except ValueError as e:  # invalid UTF-8 or JSON, nested too deeply, too long an integer
+        first = " ".join(str(e).split())[:120]
+        raise ModelFileError(side, f"not a birdcnn export's metadata (invalid JSON: {first})") from None
+    if not isinstance(side_meta, dict):
+        raise ModelFileError(side, "not a birdcnn export's metadata (not a JSON object)")
+    recorded = side_meta.get("file_sha256")
     if recorded and hashlib.sha256(data).hexdigest() != recorded:
         raise ModelFileError(path, f"does not match {side.name} (sha256 differs): "
                                    "tampered, truncated or mismatched file")
+
+
+# ModelProto's fields (onnx.proto) that describe no computation, left out of `graph_sha256`:
+# doc_string (6) and metadata_props (14), where the birdcnn metadata and the hash itself are kept.
+_UNHASHED_FIELDS = (6, 14)
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("truncated or malformed protobuf")
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        i, shift = i + 1, shift + 7
+        if byte < 0x80:
+            return value, i
+
+
+def graph_sha256(data: bytes) -> str:
+    """sha256 of an ONNX file's bytes but its doc string and metadata: of every top-level field of
+    the ModelProto (graph with its nodes and initialisers, opsets, functions...) as written, in
+    order, read from the wire format without parsing them (a few fields: well under a millisecond
+    beside the hashing of the bytes themselves). ValueError: not protobuf."""
+    h, view, i = hashlib.sha256(), memoryview(data), 0
+    while i < len(data):
+        start = i
+        key, i = _varint(data, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, i = _varint(data, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 2:
+            size, i = _varint(data, i)
+            i += size
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+        if i > len(data):
+            raise ValueError("truncated protobuf")
+        if field not in _UNHASHED_FIELDS:
+            h.update(view[start:i])
+    return h.hexdigest()
+
+
+def _check_graph(data: bytes, meta: dict, path: Path) -> None:
+    """Refuse an export whose network is not the one it was written with: the hash `birdcnn export`
+    records in the embedded metadata ("graph_sha256"), recomputed, catches an altered or corrupted
+    .onnx when no NAME.onnx.json is beside it. Exports made before the hash existed carry none and
+    still load: refusing them would break every earlier export, and the sidecar's file_sha256, when
+    present, still checks them. (A hash inside the file guards against accidents, not against
+    someone who rewrites the metadata too: that needs a signature.)"""
+    recorded = meta.get("export", {}).get("graph_sha256") if isinstance(meta.get("export"), dict) else None
+    if recorded is None:
+        return
+    try:
+        actual = graph_sha256(data)
+    except ValueError as e:
+        raise ModelFileError(path, f"not a valid ONNX model ({e})") from None
+    if actual != recorded:
+        raise ModelFileError(path, "the network differs from the one it was exported with (graph sha256 "
+                                   "differs): tampered, corrupted or mismatched file")
 
 
 def onnx_session(data: bytes, where: Path) -> onnxruntime.InferenceSession:
@@ -136,7 +206,7 @@ def load_onnx(path: str | Path, device: str | torch.device | None = None) -> Onn
         raise ModelFileError(path, "not an ONNX export; the onnxruntime backend runs an .onnx file made by "
                                    "'birdcnn export MODEL --format onnx'")
     try:
-        data = onnx_path.read_bytes()
+        data = read_regular(onnx_path)
     except (FileNotFoundError, NotADirectoryError):
         raise ModelFileError(onnx_path, "no such file") from None
     except OSError as e:
@@ -147,6 +217,7 @@ def load_onnx(path: str | Path, device: str | torch.device | None = None) -> Onn
     if embedded is None:
         raise ModelFileError(onnx_path, "an ONNX model without birdcnn metadata (not made by 'birdcnn export')")
     meta = read_export_metadata(embedded, onnx_path)
+    _check_graph(data, meta, onnx_path)
     # The file's own hash names what runs (float32 and int8 exports of one model differ): search
     # logs record it, so a search is resumed or merged only with the same file.
     meta["weights_sha256"] = hashlib.sha256(data).hexdigest()

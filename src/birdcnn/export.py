@@ -35,7 +35,7 @@ from PIL import Image
 from . import data as D
 from .argtypes import positive_int
 from .atomic import write_atomic, write_text
-from .backends import EXPORT_FORMAT, METADATA_KEY, load_onnx, onnx_export, sidecar
+from .backends import EXPORT_FORMAT, METADATA_KEY, graph_sha256, load_onnx, onnx_export, sidecar
 from .errors import BirdcnnError, DataError, display_path
 from .images import PHOTO_SCALE, is_image_path, load_for_model
 from .locate import WindowScoring
@@ -317,8 +317,16 @@ def onnx_bytes(clf: Classifier, meta: dict, calibration: np.ndarray | None = Non
     meta["export"]["opset"] = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     if calibration is not None:
         proto, meta["export"]["quantization"] = quantize_int8(proto, clf, calibration)
+    # The hash of the network as written (all but doc string and metadata, `backends.graph_sha256`),
+    # which loading checks: an altered .onnx is refused even without NAME.onnx.json beside it. The
+    # metadata do not change the other fields' bytes, so it is taken before they are set, and checked
+    # on the final bytes.
+    meta["export"]["graph_sha256"] = graph_sha256(proto.SerializeToString())
     set_metadata(proto, meta)
-    return proto.SerializeToString()
+    data = proto.SerializeToString()
+    if graph_sha256(data) != meta["export"]["graph_sha256"]:
+        raise BirdcnnError("export failed: the ONNX network serialised differently twice; nothing written")
+    return data
 
 
 def export(model: str | None = None, fmt: str = "onnx", out: str | None = None, int8: bool = False,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import stat
 from importlib import resources
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from .atomic import write_bytes, write_text
 from .devices import fast_bf16
@@ -55,6 +57,32 @@ def _pair(path: str | Path) -> tuple[Path, Path]:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of `path`, refusing anything but a regular file in one line (`ModelFileError`): a
+    FIFO would block for ever, a device never end. Opened without blocking and checked on the open
+    file (no race between a check and the read). A folder raises IsADirectoryError, and a missing
+    file FileNotFoundError, as reading it would."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(21, "Is a directory", str(path))
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+            raise ModelFileError(path, f"not a regular file ({kind})")
+        return f.read()
+
+
+def parse_json(text: str | bytes):
+    """`json.loads`, with the ways untrusted text can fail beyond JSONDecodeError as ValueError: nesting
+    deeper than the interpreter's recursion limit (json raises RecursionError) and integers of more
+    digits than Python converts."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def save_model(net: torch.nn.Module, meta: dict, path: str | Path) -> Path:
@@ -125,18 +153,57 @@ _FIELDS = {
 _REQUIRED = ("arch", "classes", "positive", "mean", "std", "input_size")
 
 
+TORCHSCRIPT_REFUSED = ("a TorchScript file cannot be used by birdcnn's commands; use the model's "
+                       ".json/.safetensors or an .onnx export")
+
+
+def _check_named(path: str | Path, json_path: Path) -> None:
+    """Refuse, naming the file as given, what `_pair` would otherwise turn into a misleading
+    "NAME.json: model metadata not found": a name that does not exist, a TorchScript or other file
+    that is not a model (b.pt), something that is not a regular file (a FIFO)."""
+    p = Path(path).expanduser()
+    try:
+        mode = os.stat(p).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        if p != json_path and not json_path.exists():
+            raise ModelFileError(p, "no such file or folder "
+                                    f"({json_path.name}: model metadata not found either)") from None
+        return  # NAME.json itself: read_metadata says it is missing; a stem whose NAME.json exists: fine
+    except (OSError, ValueError):
+        return  # a name the system refuses: read_metadata says why
+    if json_path.exists() or stat.S_ISDIR(mode):
+        return
+    if p.name.endswith(".pt.json"):  # what `birdcnn export --format torchscript` writes beside NAME.pt
+        raise ModelFileError(p, f"the metadata of a TorchScript export: {TORCHSCRIPT_REFUSED}")
+    if p.suffix in (".json", ".safetensors"):
+        return  # read_metadata says what is missing
+    if not stat.S_ISREG(mode):
+        read_regular(p)  # raises, naming what it is
+    # Not read further: a .pt may be a pickle, and birdcnn never unpickles.
+    raise ModelFileError(p, "not a birdcnn model (give NAME.json beside NAME.safetensors, a run folder, or an "
+                            ".onnx export; a TorchScript export is for other programs)")
+
+
 def read_metadata(path: str | Path) -> dict:
     """The model's metadata, every field the code uses checked (type and range), or `ModelFileError`."""
     json_path, _ = _model_paths(path)
+    _check_named(path, json_path)
     try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
+        meta = parse_json(read_regular(json_path).decode("utf-8"))
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise ModelFileError(json_path,
                              "model metadata not found (expected NAME.json beside NAME.safetensors)") from None
     except OSError as e:
         raise ModelFileError(json_path, f"cannot read ({e.strerror or e})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(json_path, f"not a birdcnn model file (invalid JSON: {e})") from None
+    except ValueError as e:  # UnicodeDecodeError, JSONDecodeError, too deep, too long an integer
+        first = " ".join(str(e).split())[:120]
+        raise ModelFileError(json_path, f"not a birdcnn model file (invalid JSON: {first})") from None
+    if isinstance(meta, dict) and meta.get("format") == "birdcnn-export":  # backends.EXPORT_FORMAT: NAME.pt.json
+        fmt = meta.get("export", {}).get("format") if isinstance(meta.get("export"), dict) else None
+        if fmt == "torchscript":
+            raise ModelFileError(json_path, f"the metadata of a TorchScript export: {TORCHSCRIPT_REFUSED}")
+        raise ModelFileError(json_path, "the metadata of an export, not a model: give the export itself "
+                                        "(NAME.onnx) or the model's .json/.safetensors")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(json_path, "not a birdcnn model file (no 'format: birdcnn-model')")
     return check_metadata(meta, json_path)
@@ -186,6 +253,40 @@ def _load_weights(net: torch.nn.Module, state: dict, meta: dict, json_path: Path
                                         f"not {n} class scores")
 
 
+def _build(meta: dict, kwargs: dict, json_path: Path, device: str) -> torch.nn.Module:
+    """The metadata's network on `device` ("meta": shapes only), or `ModelFileError`."""
+    try:
+        with torch.device(device):
+            return build(meta["arch"], len(meta["classes"]), **kwargs)
+    except (TypeError, ValueError, IndexError, RuntimeError, OverflowError) as e:
+        first = " ".join(str(e).split())[:120]
+        raise ModelFileError(json_path, f"metadata 'arch_kwargs' {_short(kwargs)} do not describe "
+                                        f"a {meta['arch']!r} network ({first})") from None
+
+
+def _check_shapes(skeleton: torch.nn.Module, state: dict, meta: dict, json_path: Path, st_path: Path) -> None:
+    """Refuse weights whose names or shapes are not those of `skeleton` (the metadata's network,
+    built on the meta device), before the real network is built: a class count other than the
+    network's outputs names the metadata, any other difference the weights."""
+    head = head_name(skeleton)
+    weight = state.get(f"{head}.weight") if head else None
+    n = len(meta["classes"])
+    if weight is not None and weight.ndim == 2 and weight.shape[0] != n:
+        raise ModelFileError(json_path, f"metadata 'classes' names {n} classes "
+                                        f"but the weights have {weight.shape[0]} outputs")
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    problems = [f"size of {k}: weights {list(have[k])}, network {list(want[k])}"
+                for k in want if k in have and have[k] != want[k]]
+    if missing := [k for k in want if k not in have]:
+        problems.insert(0, f"missing: {', '.join(missing)}")
+    if unexpected := [k for k in have if k not in want]:
+        problems.insert(0, f"unexpected: {', '.join(unexpected)}")
+    if problems:
+        first = " ".join("; ".join(problems).split())[:200]
+        raise ModelFileError(st_path, f"weights do not fit architecture {meta['arch']!r} ({first})")
+
+
 def load_model(path: str | Path | None = None, device: str | torch.device | None = None,
                backend: str | None = None) -> "Classifier":
     """Load a model (default: the one shipped in the package) as a ready-to-use `Classifier`.
@@ -204,26 +305,28 @@ def load_model(path: str | Path | None = None, device: str | torch.device | None
     if exported:
         raise ModelFileError(exported, "an ONNX export runs with the onnxruntime backend "
                                        "(--backend onnxruntime), not torch")
-    json_path, st_path = _model_paths(path or default_model_path())
-    meta = read_metadata(json_path)
+    path = path or default_model_path()
+    json_path, st_path = _model_paths(path)
+    meta = read_metadata(path)
     try:
-        if not st_path.is_file():
-            raise ModelFileError(st_path, "weights file not found")
-        if meta.get("weights_sha256") and _sha256(st_path) != meta["weights_sha256"]:
+        data = read_regular(st_path)
+        if meta.get("weights_sha256") and hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
             raise ModelFileError(st_path, "weights do not match their metadata (sha256 differs): "
                                           "tampered or mismatched file")
-        state = load_file(str(st_path))
+        state = load(data)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise ModelFileError(st_path, "weights file not found") from None
     except (SafetensorError, OSError, ValueError) as e:
         problem = (f"cannot read ({e.strerror})" if isinstance(e, OSError) and e.strerror
                    else f"not a valid safetensors file ({e})")
         raise ModelFileError(st_path, problem) from None
     kwargs = meta.get("arch_kwargs", {})
-    try:
-        net = build(meta["arch"], len(meta["classes"]), **kwargs)
-    except (TypeError, ValueError, IndexError, RuntimeError) as e:
-        first = " ".join(str(e).split())[:120]
-        raise ModelFileError(json_path, f"metadata 'arch_kwargs' {_short(kwargs)} do not describe "
-                                        f"a {meta['arch']!r} network ({first})") from None
+    # The network is first built on the meta device (no memory, no initialisation) and its tensor
+    # shapes compared with the weights': arch_kwargs that contradict them (widths of 2,000,000) are
+    # refused in one line before anything of their size is allocated.
+    skeleton = _build(meta, kwargs, json_path, "meta")
+    _check_shapes(skeleton, state, meta, json_path, st_path)
+    net = _build(meta, kwargs, json_path, "cpu")
     try:
         _load_weights(net, state, meta, json_path)
     except (KeyError, RuntimeError, TypeError) as e:
