@@ -209,7 +209,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"birdcnn search: error: {f}", file=sys.stderr)
     s = r.summary()
     shard = f"shard {r.shard} ({r.outside_shard} photos in the other shards): " if r.shard else ""
-    print(f"birdcnn search: {shard}{s['scanned']} photos scanned ({r.scored} now at {r.photos_per_second:.0f} photos/s"
+    speed = r.photos_per_second
+    print(f"birdcnn search: {shard}{s['scanned']} photos scanned ({r.scored} now at "
+          f"{speed:.{0 if speed >= 10 else 1}f} photos/s"  # --boxes: seconds a photo, not "0 photos/s"
           f"{f', {r.resumed} from {args.output}' if r.resumed else ''}), {s['matched']} show a {r.target} "
           f"(p >= {r.min_probability:.3g}), {r.unreadable()}", file=sys.stderr)
     if r.interrupted:
