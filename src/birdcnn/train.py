@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -25,11 +28,12 @@ from tqdm import tqdm
 from . import data as D
 from . import distributed
 from . import sources as S
+from .argtypes import SEED_MAX
 from .atomic import save_figure, write_atomic, write_text
 from .augment import MIXES, Augment, Mix, PhotoViews, alternating_flip, shrink
 from .calibrate import calibrate_and_measure
 from .devices import fast_bf16
-from .errors import BirdcnnError, DataError, TrainingInterrupted
+from .errors import BirdcnnError, DataError, TrainingInterrupted, display_path
 from .heap import reuse_freed_memory
 from .interrupts import StopOnCtrlC
 from .mining import HardMining
@@ -183,11 +187,27 @@ class TrainConfig:
             sizes, epochs = _as_list(cfg.start_size), _as_list(cfg.start_epochs)
             if (len(sizes) != len(epochs) or sizes != sorted(sizes) or not 8 <= sizes[0] <= sizes[-1] <= cfg.input_size
                     or None in epochs or min(epochs) <= 0 or sum(epochs) >= cfg.epochs):
-                raise BirdcnnError(f"--start-size must be 8 px to --input-size ({cfg.input_size}), smallest first, "
-                                   f"one --start-epochs each, together fewer than --epochs ({cfg.epochs:g})")
+                raise BirdcnnError(self._start_size_problem(cfg, set(preset) & set(unset)))
             if len(sizes) == 1:  # one stage is stored as plain numbers, as before lists were allowed
                 cfg = replace(cfg, start_size=sizes[0], start_epochs=epochs[0])
         return cfg
+
+    def _start_size_problem(self, cfg: "TrainConfig", from_preset: set[str]) -> str:
+        """Why `cfg`'s progressive resizing is impossible, naming what --preset set (the user
+        never typed those values) and how to go on."""
+        def told(key: str, flag: str) -> str:
+            if key not in from_preset:
+                return flag
+            value = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in _as_list(getattr(cfg, key)))
+            return f"{flag} {value} (from --preset {self.preset})"
+        epochs = f"{cfg.epochs:g}" + (f", from --preset {self.preset}" if "epochs" in from_preset else "")
+        text = (f"{told('start_size', '--start-size')} must be 8 px to --input-size ({cfg.input_size}), smallest "
+                f"first, one {told('start_epochs', '--start-epochs')} each, together fewer than --epochs ({epochs})")
+        if from_preset & {"start_size", "start_epochs", "epochs"}:
+            small = _as_list(cfg.start_epochs)
+            more = f"--epochs above {sum(small):g}" if None not in small else "more --epochs"
+            text += f"; pass --start-size and --start-epochs that fit, or {more}"
+        return text
 
     def check_zoom(self) -> None:
         if self.zoom_size is not None and (self.arch == "article" or not self.input_size < self.zoom_size <= 256):
@@ -474,19 +494,240 @@ def data_norm(images: np.ndarray) -> dict:
 # ---------------------------------------------------------------- the run
 
 def _save_checkpoint(path: Path, net, opt, step: int, history: list, cfg: TrainConfig, norm: dict,
-                     lookahead: Lookahead | None, mining: HardMining | None, command: str) -> None:
+                     lookahead: Lookahead | None, mining: HardMining | None, command: str,
+                     classes: list[str] | None = None, train_images: int | None = None,
+                     data_fingerprint: str | None = None) -> None:
+    """`classes`, `train_images` and `data_fingerprint`: the data the run trains on, which --resume checks."""
     state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "command": command,
              "history": json.dumps(history), "config": json.dumps(asdict(cfg)), "norm": json.dumps(norm),
              "lookahead": lookahead.avg if lookahead is not None else {},
              "mining": mining.state() if mining is not None else {}}
+    if classes is not None:
+        state["classes"] = json.dumps(classes)
+    if train_images is not None:
+        state["train_images"] = train_images
+    if data_fingerprint is not None:
+        state["data_fingerprint"] = data_fingerprint
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "history", "config", "norm")
+
+
 def _load_checkpoint(path: Path) -> dict:
+    """The checkpoint at `path`, read without unpickling code, and checked here (the one place a
+    checkpoint is read) to be one this birdcnn can continue: its keys, config, history,
+    normalisation and weights, which must fit the network its config describes. Anything else
+    is one line naming the file and what is wrong."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except pickle.UnpicklingError as e:  # torch's message ends in its detail, then a pointer to its docs
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        detail = lines[-2] if len(lines) > 1 and lines[-1].startswith("Check the documentation") else lines[0]
+        problem = f"not plain weights and data, and birdcnn unpickles nothing else: {detail[:160]}"
     except Exception as e:  # noqa: BLE001
-        raise BirdcnnError(f"{path}: not a usable checkpoint ({str(e).splitlines()[0][:200]})") from None
+        problem = (str(e).splitlines() or [type(e).__name__])[0][:200]
+    else:
+        problem = _checkpoint_problem(ckpt)
+    if problem is not None:
+        raise BirdcnnError(f"{display_path(path)}: not a usable birdcnn checkpoint ({problem})")
+    return ckpt
+
+
+def _fits(value, hint) -> bool:
+    """Whether a JSON value is of the type a TrainConfig field is annotated with."""
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint)
+
+
+def _a(kind: type) -> str:
+    name = kind.__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _type_name(hint) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)
+
+
+def _json_field(ckpt: dict, key: str, kind: type) -> tuple[object, str | None]:
+    """A checkpoint entry stored as JSON text: (value, None), or (None, what is wrong)."""
+    text = ckpt[key]
+    if not isinstance(text, str):
+        return None, f"its {key!r} is {_a(type(text))}, not JSON text"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None, f"its {key!r} is not valid JSON"
+    if not isinstance(value, kind):
+        return None, f"its {key!r} is a JSON {type(value).__name__}, not a {'list' if kind is list else 'object'}"
+    return value, None
+
+
+def _checkpoint_problem(ckpt) -> str | None:
+    """What makes `ckpt` (as torch.load read it) unusable for --resume; None: nothing."""
+    if not isinstance(ckpt, dict):
+        return f"it holds {_a(type(ckpt))}, not a checkpoint's dictionary"
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        return "it lacks " + ", ".join(repr(k) for k in missing)
+    saved, problem = _json_field(ckpt, "config", dict)
+    if problem:
+        return problem
+    hints = typing.get_type_hints(TrainConfig)
+    unknown = sorted(k for k in saved if k not in hints)
+    if unknown:
+        return f"unknown config key{'s' if len(unknown) > 1 else ''}: {', '.join(map(repr, unknown))}"
+    absent = [f.name for f in fields(TrainConfig)
+              if f.default is MISSING and f.default_factory is MISSING and f.name not in saved]
+    if absent:
+        return f"its config has no {', '.join(map(repr, absent))}"
+    for k, v in saved.items():
+        if not _fits(v, hints[k]):
+            return f"config {k!r} is {json.dumps(v)[:60]}, not {_type_name(hints[k])}"
+    if saved.get("arch", TrainConfig.arch) not in RECIPES:
+        return f"unknown architecture {saved['arch']!r}; known: {', '.join(RECIPES)}"
+    if not 0 <= saved.get("seed", 0) <= SEED_MAX:
+        return f"config 'seed' is {saved['seed']}, not 0 to 2**32-1"
+    cfg = TrainConfig(**saved)
+    try:
+        # the same checks as a new run's settings (the recipe itself stays the saved one)
+        Augment(**cfg.resolved().augment)
+    except BirdcnnError as e:
+        return f"its config: {e}"
+    except (TypeError, ValueError) as e:
+        return f"its config's augment: {str(e)[:120]}"
+    if _recipe_problem(cfg):
+        return f"its config's recipe {_recipe_problem(cfg)}"
+    if not isinstance(ckpt["step"], int) or isinstance(ckpt["step"], bool) or ckpt["step"] < 0:
+        return f"its 'step' is {ckpt['step']!r:.60}, not a whole number 0 or more"
+    history, problem = _json_field(ckpt, "history", list)
+    if problem or not all(isinstance(h, dict) and isinstance(h.get("seconds"), (int, float)) for h in history):
+        return problem or "its 'history' is not a list of epochs"
+    norm, problem = _json_field(ckpt, "norm", dict)
+    if problem or not all(isinstance(norm.get(k), list) and len(norm[k]) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in norm[k]) for k in ("mean", "std")):
+        return problem or "its 'norm' is not three means and three standard deviations"
+    if not isinstance(ckpt["optimizer"], dict):
+        return f"its 'optimizer' is {_a(type(ckpt['optimizer']))}, not an optimizer state"
+    for key in ("command",):
+        if key in ckpt and not isinstance(ckpt[key], str):
+            return f"its {key!r} is {_a(type(ckpt[key]))}, not text"
+    for key in ("mining",):
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            return f"its {key!r} is {_a(type(ckpt[key]))}, not a dictionary"
+    if "data_fingerprint" in ckpt and not isinstance(ckpt["data_fingerprint"], str):
+        return "its 'data_fingerprint' is not text"
+    if "train_images" in ckpt and (not isinstance(ckpt["train_images"], int) or isinstance(ckpt["train_images"], bool)):
+        return "its 'train_images' is not a number of images"
+    classes = None
+    if "classes" in ckpt:
+        classes, problem = _json_field(ckpt, "classes", list)
+        if problem or not classes or not all(isinstance(c, str) for c in classes):
+            return problem or "its 'classes' is not a list of class names"
+    return _weights_problem(ckpt, cfg, classes)
+
+
+def _recipe_problem(cfg: TrainConfig) -> str | None:
+    """Whether the saved recipe holds every setting of its optimizer's, each of the right kind."""
+    r = cfg.recipe
+    if r.get("optimizer") not in ("sgd", "muon", "adam"):
+        return f"has an unknown optimizer {r.get('optimizer')!r}"
+    ref = {k: v for k, v in RECIPES[cfg.arch].items() if k != "augment"} | (MUON if r["optimizer"] == "muon" else {})
+    lacking = sorted(set(ref) - set(r))
+    if lacking:
+        return f"lacks {', '.join(lacking)}"
+    for k, v in ref.items():
+        if k == "lookahead":
+            la = r[k]
+            if la is not None and not (isinstance(la, dict) and all(
+                    _fits(la.get(key), float) for key in LOOKAHEAD)):
+                return f"'lookahead' is {json.dumps(la)[:60]}"
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and not _fits(r[k], float):
+            return f"{k!r} is {json.dumps(r[k])[:60]}, not a number"
+    return None
+
+
+def _weights_problem(ckpt: dict, cfg: TrainConfig, classes: list[str] | None) -> str | None:
+    """Whether the checkpoint's weights (and Lookahead's averages) are those of the network its config
+    describes, with one row of the last layer per class."""
+    model = ckpt["model"]
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in model.items()):
+        return "its 'model' is not a network's weights"
+    kw = cfg.arch_kwargs()
+    try:
+        net = build(cfg.arch, 2, **kw)
+        head = f"{head_name(net)}.weight"
+        if head not in model or model[head].ndim != 2 or len(model[head]) < 1:
+            return f"its weights have no last layer ({head}) to fit the {cfg.arch!r} network"
+        rows = len(model[head])
+        if rows != 2:
+            net = build(cfg.arch, rows, **kw)
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:  # settings the network cannot be built with
+        return f"its config describes no network this birdcnn builds ({str(e)[:120]})"
+    if classes is not None and len(classes) != rows:
+        return f"its weights have {rows} classes, its 'classes' {len(classes)}"
+    ours = net.state_dict()
+    for name, t in model.items():
+        if name not in ours:
+            return f"its weights hold {name}, which the {cfg.arch!r} network has not"
+        if tuple(t.shape) != tuple(ours[name].shape):
+            return (f"its weights do not fit the {cfg.arch!r} network: {name} is {tuple(t.shape)} there, "
+                    f"{tuple(ours[name].shape)} in the network")
+    lacking = [name for name in ours if name not in model]
+    if lacking:
+        return f"its weights lack {', '.join(lacking[:3])}{' ...' if len(lacking) > 3 else ''}"
+    lookahead = ckpt.get("lookahead", {})
+    if not isinstance(lookahead, dict) or not all(
+            k in ours and isinstance(v, torch.Tensor) and v.shape == ours[k].shape for k, v in lookahead.items()):
+        return "its 'lookahead' averages do not fit its weights"
+    return None
+
+
+def _check_same_data(ckpt: dict, arch: str, classes: list[str], images: int, fingerprint: str,
+                     ckpt_path: Path) -> None:
+    """Refuse to resume a run on data other than it started on: the network's last layer has a row
+    per class, and the epochs' orders and the hard-mining state index the training images. Old
+    checkpoints record neither the classes nor the fingerprint: their last layer's rows tell the
+    number of classes."""
+    changes = []
+    if "classes" in ckpt:
+        then = json.loads(ckpt["classes"])
+        added, gone = [c for c in classes if c not in then], [c for c in then if c not in classes]
+        if added:
+            changes.append(f"class{'es' if len(added) > 1 else ''} added: {', '.join(added)}")
+        if gone:
+            changes.append(f"class{'es' if len(gone) > 1 else ''} gone: {', '.join(gone)}")
+        if then != classes and not added and not gone:
+            changes.append("the classes are in another order")
+    else:
+        net = build(arch, 2)
+        rows = len(ckpt["model"][f"{head_name(net)}.weight"])
+        if rows != len(classes):
+            changes.append(f"{len(classes)} classes now ({', '.join(classes)[:200]}), {rows} when it started")
+    if ckpt.get("train_images", images) != images:
+        changes.append(f"{images} training images now, {ckpt['train_images']} when it started")
+    if changes:
+        raise BirdcnnError(f"{display_path(ckpt_path)}: the data no longer matches what this run was started on "
+                           f"({'; '.join(changes)}); it cannot continue on it: to train on the data as it is now, "
+                           f"start a new run with another --out")
+    if ckpt.get("data_fingerprint", fingerprint) != fingerprint:
+        # Same classes, as many images: the files' times or contents differ (a copy of the folder on
+        # another machine has other times). Nothing the run indexes changed, so it goes on, and says so.
+        print(f"birdcnn train: note: the data's files changed since the run started (fingerprint {fingerprint}, "
+              f"was {ckpt['data_fingerprint']}); going on with them", file=sys.stderr)
 
 
 def open_run(run_dir: Path, cfg: TrainConfig, resume: bool, command: str) -> tuple[TrainConfig, dict | None, str]:
@@ -565,7 +806,8 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
         print(f"data: {len(train_ds)} training images {described} from {len(mixed.infos)} source(s), "
               f"{len(val_ds)} validation" + (f", {n_test} test" if n_test else "")
               + (f"; {ranks.world} processes" if ranks.parallel else ""), file=sys.stderr)
-    if ckpt is not None:
+    if ckpt is not None:  # before anything is built from the data, or the checkpoint's weights are loaded
+        _check_same_data(ckpt, cfg.arch, classes, len(train_ds), train_ds.fingerprint, run_dir / "checkpoint.pt")
         norm = json.loads(ckpt["norm"])
     elif init is not None:  # the weights expect the inputs normalised as they were trained
         norm = {"mean": init.meta["mean"], "std": init.meta["std"]}
@@ -600,7 +842,8 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
         net.load_state_dict(ckpt["model"])
         try:
             opt.load_state_dict(ckpt["optimizer"])
-        except ValueError as e:  # e.g. a checkpoint of an older birdcnn, whose parameter groups differ
+        # e.g. a checkpoint of an older birdcnn, whose parameter groups differ, or a hand-edited state
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
             raise BirdcnnError(f"{run_dir / 'checkpoint.pt'}: "
                                f"its optimizer state does not fit this birdcnn ({e})") from None
         step, history = int(ckpt["step"]), json.loads(ckpt["history"])
@@ -642,7 +885,7 @@ def _run(cfg: TrainConfig, ckpt: dict | None, command: str, run_dir: Path, ranks
     def checkpoint() -> None:
         if ranks.main:
             _save_checkpoint(run_dir / "checkpoint.pt", net, opt, step, history, cfg, norm, lookahead, mining,
-                             command)
+                             command, classes, len(train_ds), train_ds.fingerprint)
 
     train_seconds = sum(h["seconds"] for h in history) if history else 0.0
     net.train()

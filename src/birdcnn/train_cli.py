@@ -5,7 +5,7 @@ import argparse
 import shlex
 import sys
 
-from .argtypes import non_negative_float, non_negative_int, positive_float, positive_int, ranged
+from .argtypes import non_negative_float, non_negative_int, positive_float, positive_int, ranged, seed_int
 from .augment import MIXES
 from .devices import add_device_argument, check_device
 from .models import ARCHITECTURES
@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="training images held out to pick threshold and temperature (default 5000, or 10%%)")
     p.add_argument("--target-precision", type=ranged(float, 0, 1, above=True),
                    help="decision threshold target on validation (default 0.97)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed, 0 to 2**32-1 (default 0)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/train-DATE)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--recalibrate", action="store_true",
