@@ -117,6 +117,10 @@ def test_augment_preview_grid(photos, tmp_path, capsys):
     assert main(["augment-preview", str(photos / BIRD), "--n", "2", "--input-size", "40", "--out", str(out)]) == 0
     assert main(["augment-preview", str(photos / BIRD), "--input-size", "8", "--shift", "4", "--out", str(out)]) == 2
     assert "--shift must be below 4 pixels (images are 8x8)" in capsys.readouterr().err
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes((photos / BIRD).read_bytes())
+    assert main(["augment-preview", str(photo), "--out", str(photo)]) == 2  # never over the photo
+    assert "is the input" in capsys.readouterr().err and photo.read_bytes() == (photos / BIRD).read_bytes()
 
 
 def test_augment_preview_uses_the_training_switches(photos):

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .argtypes import positive_int
-from .atomic import save_figure
+from .argtypes import positive_int, seed_int
+from .atomic import check_not_input, save_figure
 from .augment import Augment, PhotoViews
 from .errors import BirdcnnError
 from .images import FIGURE_SUFFIXES, PHOTO_SCALE, display_path, is_photo, load_for_model, model_view, open_for_model
@@ -83,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="article", choices=sorted(RECIPES),
                    help="start from this network's training recipe (default: article, the richest: flips, "
                         "±25° rotations, blur; train's default 'fast' uses flips and 2 px shifts)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed, 0 to 2**32-1 (default 0)")
     p.add_argument("--input-size", type=positive_int, default=32, metavar="PX",
                    help="the view training sees, in pixels (default 32, as birdcnn train)")
     p.add_argument("--photo-crops", choices=("bird", "other"),
@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_run_dir("augment-preview").with_suffix(".png")
     if out.suffix.lower() not in FIGURE_SUFFIXES:
         raise BirdcnnError(f"{display_path(out)}: --out must end in one of {', '.join(sorted(FIGURE_SUFFIXES))}")
+    check_not_input(out, args.image)
 
     u8 = load_for_model(args.image, size)  # exactly what predict sees
     crops, positive = None, args.photo_crops == "bird"
