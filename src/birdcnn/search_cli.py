@@ -49,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the search recorded in --output, skipping photos already scored")
     p.add_argument("--boxes", action="store_true",
-                   help="also locate each match (as birdcnn locate, ~1 s a photo on a CPU): its boxes go in --output, "
-                        "as MegaDetector detections")
+                   help="also locate each match (as birdcnn locate: ~1,200 windows, about 5 s a photo on 2 CPU "
+                        "cores in float32; docs/RESULTS.md): its boxes go in --output, as MegaDetector detections")
     p.add_argument("--shard", type=shard_argument, metavar="K/N",
                    help="score only part K of N of the photos (by a hash of each path, so N machines split a folder "
                         "without talking); each shard has its own --output, and --merge joins them")
