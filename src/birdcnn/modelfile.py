@@ -229,14 +229,9 @@ def check_metadata(meta: dict, where: str | Path) -> dict:
 
 
 def _load_weights(net: torch.nn.Module, state: dict, meta: dict, json_path: Path) -> None:
-    """Load `state` into `net`, refusing metadata the weights contradict: a class count other than
-    the network's outputs, or an input size it cannot take (a dry forward pass on a blank image)."""
-    head = head_name(net)
-    weight = state.get(f"{head}.weight") if head else None
+    """Load `state` into `net` (shapes already checked by `_check_shapes`), refusing metadata the
+    weights contradict: an input size the network cannot take (a dry forward pass on a blank image)."""
     n = len(meta["classes"])
-    if weight is not None and weight.ndim == 2 and weight.shape[0] != n:
-        raise ModelFileError(json_path, f"metadata 'classes' names {n} classes "
-                                        f"but the weights have {weight.shape[0]} outputs")
     net.load_state_dict(state, strict=True)
     for key in ("input_size", "zoom_size"):
         size = meta.get(key)
