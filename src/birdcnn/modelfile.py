@@ -12,6 +12,7 @@ import json
 import math
 import os
 import stat
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -251,7 +252,9 @@ def _load_weights(net: torch.nn.Module, state: dict, meta: dict, json_path: Path
 def _build(meta: dict, kwargs: dict, json_path: Path, device: str) -> torch.nn.Module:
     """The metadata's network on `device` ("meta": shapes only), or `ModelFileError`."""
     try:
-        with torch.device(device):
+        # torch warns about zero-element tensors (widths of 0), which _check_shapes refuses in one line
+        with torch.device(device), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             return build(meta["arch"], len(meta["classes"]), **kwargs)
     except (TypeError, ValueError, IndexError, RuntimeError, OverflowError) as e:
         first = " ".join(str(e).split())[:120]
