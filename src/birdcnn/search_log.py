@@ -86,15 +86,14 @@ def _is_box(b: object) -> bool:
             and len(b["box"]) == 4 and all(map(_is_number, b["box"])))
 
 
-def _record_problem(rec: object, folder: str) -> str | None:
-    """What is wrong with a photo's line (None: nothing): every field a reader of the log uses."""
+def _record_problem(rec: object) -> str | None:
+    """What is wrong with a photo's line (None: nothing): every field a reader of the log uses
+    (where its path lies is checked by `parse_log`, which works out the path within the folder once)."""
     if not isinstance(rec, dict):
         return f"not a photo's record: {_shown(rec)}"
     path = rec.get("path")
     if not isinstance(path, str) or not path:
         return f'"path" must be the photo\'s file name, not {_shown(path)}'
-    if os.path.relpath(path, folder).split(os.sep)[0] == os.pardir:
-        return f"{display_path(path)} is not in the folder searched, {display_path(folder)}"
     if "error" in rec and not _is_text(rec["error"]):
         return f'"error" must be text, not {_shown(rec["error"])}'
     if "error" not in rec and "probability" not in rec:
@@ -156,10 +155,14 @@ def parse_log(path: str | os.PathLike, data: bytes) -> SearchLog:
             continue
         except RecursionError:
             raise BirdcnnError(f"{display_path(path)}: line {n}: nested too deeply to be a photo's record") from None
-        problem = _record_problem(rec, log.folder)
+        problem = _record_problem(rec)
+        if problem is None:
+            rel = os.path.relpath(rec["path"], log.folder)
+            if rel.split(os.sep)[0] == os.pardir:
+                problem = f"{display_path(rec['path'])} is not in the folder searched, {display_path(log.folder)}"
         if problem:
             raise BirdcnnError(f"{display_path(path)}: line {n}: {problem}")
-        log.records[os.path.relpath(rec["path"], log.folder)] = rec
+        log.records[rel] = rec
     return log
 
 
